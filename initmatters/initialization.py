@@ -1,0 +1,105 @@
+"""Initial global models: random, pre-trained, align-flip, controlled misaligned fraction, file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from initmatters.alignment import aligned_mask
+from initmatters.data import source_set
+from initmatters.model import WEIGHT_KEY, logistic_loss, model_from_weight
+from initmatters.seeding import Stream, torch_generator
+from initmatters.settings import InitSettings, ModelSettings
+from initmatters.training import train_steps
+
+
+def random_weight(dim: int, filters_per_class: int, init_std: float, generator: torch.Generator) -> torch.Tensor:
+    """w_{j,r} ~ N(0, sigma_0^2 I), shape [2, m, d]."""
+    return torch.randn(2, filters_per_class, dim, generator=generator) * init_std
+
+
+def reflect_signal_component(weight: torch.Tensor, signal: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Reflect the mu-component of the filters where `flip` ([2, m]) is True.
+
+    w <- w - 2 <w, u> u with u = mu / ||mu||: the norm and every direction orthogonal to mu are
+    unchanged, and the filter's alignment is reversed (unless <w, mu> = 0).
+    """
+    direction = signal / signal.norm()
+    component = weight @ direction  # [2, m]
+    reflected = weight - 2.0 * component[..., None] * direction
+    return torch.where(flip[..., None], reflected, weight)
+
+
+def align_flip(weight: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """Make every misaligned filter aligned by reflecting its mu-component."""
+    return reflect_signal_component(weight, signal, ~aligned_mask(weight, signal))
+
+
+def with_misaligned_fraction(
+    weight: torch.Tensor, signal: torch.Tensor, fraction: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Reflect filters so that exactly round(q m) filters of each class are misaligned.
+
+    Which filters end up misaligned is drawn uniformly per class from `generator`.
+    """
+    m = int(weight.shape[1])
+    num_misaligned = int(round(fraction * m))
+    want_misaligned = torch.zeros(2, m, dtype=torch.bool)
+    for row in range(2):
+        want_misaligned[row, torch.randperm(m, generator=generator)[:num_misaligned]] = True
+    is_aligned = aligned_mask(weight, signal)
+    return reflect_signal_component(weight, signal, is_aligned == want_misaligned)
+
+
+def pretrain(
+    weight: torch.Tensor, signal: torch.Tensor, init: InitSettings
+) -> torch.Tensor:
+    """Centralized full-batch GD from `weight` on the server's own balanced source set."""
+    source = source_set(init.source_seed, signal, init.source_noise_std, init.source_samples)
+    model = model_from_weight(weight)
+    train_steps(model, source.features, source.labels, logistic_loss, steps=init.steps, lr=init.lr)
+    return model.weight.detach().clone()
+
+
+def load_weight(path: str | Path, dim: int, filters_per_class: int) -> torch.Tensor:
+    """The [2, m, d] weight of a saved state dict, checked against the configured shape."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or WEIGHT_KEY not in state:
+        raise ValueError(f"init.path={str(path)!r} holds no {WEIGHT_KEY!r} tensor")
+    weight = state[WEIGHT_KEY].to(torch.float32)
+    expected = [2, filters_per_class, dim]
+    if list(weight.shape) != expected:
+        raise ValueError(
+            f"init.path={str(path)!r} has weight shape {list(weight.shape)}, expected {expected} "
+            "(model.filters_per_class, data.dim)"
+        )
+    return weight
+
+
+def initial_weight(
+    init: InitSettings, model: ModelSettings, signal: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """The global model before round 1, as a [2, m, d] float32 tensor.
+
+    Every option except `checkpoint` starts from the same seeded random draw, so runs that
+    differ only in `init` are paired.
+    """
+    dim = int(signal.shape[0])
+    if init.name == "checkpoint":
+        return load_weight(init.path, dim, model.filters_per_class)
+    weight = random_weight(dim, model.filters_per_class, model.init_std, torch_generator(seed, Stream.INIT))
+    if init.name == "random":
+        return weight
+    if init.name == "pretrained":
+        return pretrain(weight, signal, init)
+    if init.name == "align_flip":
+        return align_flip(weight, signal)
+    if init.name == "misaligned_fraction":
+        return with_misaligned_fraction(
+            weight, signal, init.misaligned_fraction, torch_generator(seed, Stream.INIT, 1)
+        )
+    raise ValueError(f"unknown init {init.name!r}")

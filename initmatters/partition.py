@@ -1,0 +1,147 @@
+"""Label partitions over clients and each client's synthetic dataset.
+
+All schemes split one balanced pool of K * n true labels (so the union of the clients' data is
+always balanced) with a flwr-datasets Partitioner; `LabelSkewPartitioner` is this project's
+scheme that realises the heterogeneity measure h exactly. A client's features are then drawn
+from its own random stream, so a partition is a pure function of
+(seed, partition id, number of partitions, settings) and is identical in simulation and on a
+device.
+"""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    PathologicalPartitioner,
+)
+
+from initmatters.data import SignalNoiseData, balanced_labels, sample_examples
+from initmatters.seeding import Stream, int_seed, numpy_rng
+from initmatters.settings import DataSettings, HeterogeneitySettings
+
+LABEL_COLUMN = "label"
+
+
+class LabelSkewPartitioner(Partitioner):
+    """Binary label skew with an exact heterogeneity level h in [0, 1].
+
+    Client k holds round(n (1 + h) / 2) samples of its majority label (+1 for even k, -1 for
+    odd k) and the rest of the other label, so |n+ - n-| / n = h for every client when
+    n (1 + h) / 2 is an integer (otherwise the nearest realisable value). Needs an even number
+    of partitions and a balanced pool of num_partitions * n labels in {-1, +1}.
+    """
+
+    def __init__(self, num_partitions: int, h: float, partition_by: str = LABEL_COLUMN) -> None:
+        super().__init__()
+        if num_partitions % 2:
+            raise ValueError(f"LabelSkewPartitioner needs an even num_partitions, got {num_partitions}")
+        self._num_partitions = num_partitions
+        self._h = h
+        self._partition_by = partition_by
+        self._indices: list[np.ndarray] | None = None
+
+    @property
+    def num_partitions(self) -> int:
+        return self._num_partitions
+
+    def load_partition(self, partition_id: int) -> datasets.Dataset:
+        if self._indices is None:
+            self._indices = self._split()
+        return self.dataset.select(self._indices[partition_id].tolist())
+
+    def _split(self) -> list[np.ndarray]:
+        labels = np.asarray(self.dataset[self._partition_by])
+        size, remainder = divmod(labels.shape[0], self._num_partitions)
+        if remainder:
+            raise ValueError("LabelSkewPartitioner needs a pool size divisible by num_partitions")
+        majority = int(round(size * (1.0 + self._h) / 2.0))
+        remaining = {+1: list(np.flatnonzero(labels == 1)), -1: list(np.flatnonzero(labels == -1))}
+        split = []
+        for k in range(self._num_partitions):
+            major = +1 if k % 2 == 0 else -1
+            take = {major: majority, -major: size - majority}
+            part = []
+            for label, count in take.items():
+                if count > len(remaining[label]):
+                    raise ValueError("LabelSkewPartitioner needs a balanced pool of labels")
+                part += remaining[label][:count]
+                del remaining[label][:count]
+            split.append(np.sort(np.asarray(part, dtype=np.int64)))
+        return split
+
+
+def make_partitioner(heterogeneity: HeterogeneitySettings, num_partitions: int, seed: int) -> Partitioner:
+    """The flwr-datasets partitioner of a heterogeneity scheme (not yet given a dataset)."""
+    if heterogeneity.name == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if heterogeneity.name == "label_skew":
+        return LabelSkewPartitioner(num_partitions, heterogeneity.h)
+    partitioner_seed = int_seed(seed, Stream.PARTITIONER) % (2**32)
+    if heterogeneity.name == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by=LABEL_COLUMN,
+            alpha=heterogeneity.alpha,
+            min_partition_size=heterogeneity.min_partition_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=partitioner_seed,
+        )
+    if heterogeneity.name == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=num_partitions,
+            partition_by=LABEL_COLUMN,
+            num_classes_per_partition=heterogeneity.classes_per_client,
+            class_assignment_mode="deterministic",
+            shuffle=True,
+            seed=partitioner_seed,
+        )
+    raise ValueError(f"unknown heterogeneity scheme {heterogeneity.name!r}")
+
+
+def partition_true_labels(
+    heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
+) -> list[np.ndarray]:
+    """True labels y_hat of every client, list of int arrays (client k's in position k)."""
+    pool = balanced_labels(num_partitions * samples_per_client, numpy_rng(seed, Stream.LABEL_POOL))
+    partitioner = make_partitioner(heterogeneity, num_partitions, seed)
+    partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist()})
+    return [
+        np.asarray(partitioner.load_partition(k)[LABEL_COLUMN], dtype=np.int64)
+        for k in range(num_partitions)
+    ]
+
+
+def label_imbalance(labels: np.ndarray) -> float:
+    """|n+ - n-| / n of one client's labels (0 for an empty client)."""
+    if labels.shape[0] == 0:
+        return 0.0
+    return float(abs(int(np.sum(labels == 1)) - int(np.sum(labels == -1))) / labels.shape[0])
+
+
+def realised_heterogeneity(client_labels: list[np.ndarray]) -> float:
+    """The paper-style measure h = (1/K) sum_k |n_k+ - n_k-| / n_k of a partition."""
+    return float(np.mean([label_imbalance(labels) for labels in client_labels]))
+
+
+def client_dataset(
+    data: DataSettings,
+    heterogeneity: HeterogeneitySettings,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+    signal: torch.Tensor,
+) -> SignalNoiseData:
+    """Client `partition_id`'s training data: a pure function of its arguments."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
+    labels = partition_true_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
+    rng = numpy_rng(seed, Stream.CLIENT_DATA, partition_id)
+    return sample_examples(
+        rng.permutation(labels[partition_id]), signal, data.noise_std, data.label_noise, rng
+    )

@@ -1,0 +1,168 @@
+"""The results contract of one run, written atomically.
+
+<output_dir>/
+  config.yaml      the resolved settings
+  rounds.csv       one row per round (round 0 = the initial model), columns ROUND_COLUMNS
+  summary.json     final metrics, realised h, wall time, package versions (written last)
+  model_init.pt    state dict {"weight": [2, m, d]} before round 1
+  model_final.pt   state dict {"weight": [2, m, d]} after the last round
+  signal.pt        mu, a 1-D tensor [d]
+  plots/*.png      figures made from rounds.csv alone
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from initmatters.model import WEIGHT_KEY
+
+# Column order of rounds.csv; blank cells mean "not measured this round" (e.g. train metrics at
+# round 0, where no client has trained yet).
+ROUND_COLUMNS = (
+    "round",
+    "train_loss",
+    "test_loss",
+    "test_error",
+    "aligned",
+    "misaligned",
+    "aligned_pos",
+    "misaligned_pos",
+    "aligned_neg",
+    "misaligned_neg",
+    "misaligned_init_aligned_now",
+    "misaligned_init_misaligned_now",
+    "aligned_init_aligned_now",
+    "aligned_init_misaligned_now",
+    "gamma_aligned_init_mean",
+    "gamma_misaligned_init_mean",
+    "rho_same_mean",
+    "rho_other_mean",
+    "clients",
+    "elapsed_s",
+)
+SUMMARY_FILE = "summary.json"
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` via a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def save_tensor_atomic(path: Path, obj: Any) -> None:
+    """torch.save to `path` atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_weight(path: Path, weight: torch.Tensor) -> None:
+    """Save a [2, m, d] weight as the state dict {"weight": ...} of TwoLayerReluCNN."""
+    save_tensor_atomic(path, {WEIGHT_KEY: weight.detach().cpu().clone()})
+
+
+def format_cell(value: Any) -> str:
+    """CSV cell text: blank for missing/NaN, repr-exact floats, plain ints."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def rounds_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """rounds.csv content for `rows` (dicts keyed by ROUND_COLUMNS; extra keys are an error)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ROUND_COLUMNS)
+    for row in rows:
+        unknown = set(row) - set(ROUND_COLUMNS)
+        if unknown:
+            raise KeyError(f"rounds.csv has no column(s) {sorted(unknown)}")
+        writer.writerow([format_cell(row.get(column)) for column in ROUND_COLUMNS])
+    return buffer.getvalue()
+
+
+def read_rounds_csv(path: Path) -> list[dict[str, float]]:
+    """rounds.csv as a list of dicts of floats (NaN for blank cells)."""
+    with open(path, newline="") as handle:
+        return [
+            {key: float(value) if value != "" else float("nan") for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+class RoundLog:
+    """Collects one row per round, rewrites rounds.csv atomically and reports progress.
+
+    Train-side metrics (client losses, alignment) arrive via `add_train`; the server's central
+    evaluation via `add_eval`, which closes the round's row. Round 0 is the initial model.
+    """
+
+    def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.num_rounds = num_rounds
+        self.rows: list[dict[str, Any]] = []
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._report = report
+        self._clock = clock
+        self._start = clock()
+
+    def add_train(self, server_round: int, metrics: Mapping[str, Any]) -> None:
+        self._pending.setdefault(server_round, {}).update(
+            {key: value for key, value in metrics.items() if key in ROUND_COLUMNS})
+
+    def add_eval(self, server_round: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        elapsed = self._clock() - self._start
+        row = {**self._pending.pop(server_round, {}), **metrics, "round": server_round,
+               "elapsed_s": round(elapsed, 3)}
+        self.rows.append(row)
+        write_text_atomic(self.path, rounds_csv_text(self.rows))
+        self._report(self._progress(row, elapsed))
+        return row
+
+    def _progress(self, row: Mapping[str, Any], elapsed: float) -> str:
+        done = int(row["round"])
+        left = elapsed / done * (self.num_rounds - done) if done else float("nan")
+        eta = f"~{left:.1f}s left" if done else "starting"
+        return (f"round {done}/{self.num_rounds} | test_error {row.get('test_error', float('nan')):.4f} "
+                f"| misaligned {row.get('misaligned', '?')} | {elapsed:.1f}s elapsed, {eta}")

@@ -1,0 +1,5 @@
+"""Flower strategies of this project."""
+
+from strategies.alignment_fedavg import AlignmentTrackingFedAvg
+
+__all__ = ["AlignmentTrackingFedAvg"]
