@@ -1,0 +1,151 @@
+"""Edge: Flower processes started and stopped by this project (SuperLink, `flwr run`).
+
+Every process is started in its own session and stopped by PID (SIGTERM to its group, then
+SIGKILL), also on Ctrl-C or failure, so nothing is left behind. The Flower environment
+variables are set here so that no user has to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FLWR_HOME = PROJECT_ROOT / ".flwr"
+
+# Offline, reproducible Flower runs: no `uv sync` per run, no telemetry, no update check.
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment plus FLOWER_ENV (user values win) and FLWR_HOME."""
+    env = {**FLOWER_ENV, **os.environ}
+    env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group of `process`, then SIGKILL if it does not exit in time."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def managed_process(command: Sequence[str], env: Mapping[str, str], log_path: Path | None = None,
+                    cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Start `command` in a new session; always stop it (by PID) when the block exits.
+
+    Output goes to `log_path` when given, else to this process's stdout/stderr.
+    """
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_handle = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    try:
+        process = subprocess.Popen(list(command), env=dict(env), stdout=log_handle,
+                                   stderr=subprocess.STDOUT if log_handle else None,
+                                   start_new_session=True, cwd=cwd)
+        try:
+            yield process
+        finally:
+            stop_process(process)
+    finally:
+        if log_handle:
+            log_handle.close()
+
+
+def wait_for_health(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Block until http://127.0.0.1:<port>/health answers, or raise if the process died or timed out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not answer on port {port} within {timeout:g}s")
+
+
+@contextmanager
+def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
+    """A private simulation SuperLink on free ports; yields the env that makes `flwr run` use it.
+
+    `flwr run` with the local connection reuses any SuperLink answering on
+    FLWR_LOCAL_SUPERLINK_HTTP_API_PORT, so pointing that variable at ours keeps runs isolated
+    from other SuperLinks on this machine and lets us stop exactly the process we started.
+    """
+    http_port, control_port = free_port(), free_port()
+    env = flower_env(flwr_home, {
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+    })
+    runtime_dir = flwr_home / "local-superlink"
+    command = [
+        _script("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1", "--port", str(http_port),
+        "--disable-runtime-dependency-installation",
+    ]
+    with managed_process(command, env, log_path=runtime_dir / "superlink.log") as process:
+        wait_for_health(http_port, process)
+        yield env
+
+
+def _script(name: str) -> str:
+    """A console script of this interpreter's environment (works without an activated venv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str, str],
+             federation_config: Mapping[str, int | str] | None = None, connection: str | None = None) -> int:
+    """`flwr run <project> [connection] --run-config ... --stream`, output passed through; its exit code.
+
+    Note: `flwr run --stream` exits 0 even when the run failed; callers check the results.
+    """
+    command = [_script("flwr"), "run", str(project_dir)]
+    if connection:
+        command.append(connection)
+    command += ["--run-config", " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())]
+    if federation_config:
+        command += ["--federation-config", " ".join(f"{key}={value}" for key, value in federation_config.items())]
+    command.append("--stream")
+    with managed_process(command, env) as process:
+        return process.wait()
