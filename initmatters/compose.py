@@ -7,8 +7,8 @@ typed settings. Every failure is a one-line `SettingError` naming the setting.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException

@@ -8,8 +8,9 @@ client needs nothing but the message and its partition-id.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -113,7 +114,10 @@ def central_metrics(weight: torch.Tensor, test: SignalNoiseData) -> dict[str, fl
     """Test loss and test error of a global model on the server's test set."""
     model = model_from_weight(weight)
     margins = model(test.features)
-    return {"test_loss": float(logistic_loss(margins, test.labels)), "test_error": classification_error(margins, test.labels)}
+    return {
+        "test_loss": float(logistic_loss(margins, test.labels)),
+        "test_error": classification_error(margins, test.labels),
+    }
 
 
 @dataclass(frozen=True)

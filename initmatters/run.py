@@ -32,7 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=None, help="results folder (default: outputs/<date>/<time>)")
     parser.add_argument("--connection", default=None,
                         help="a SuperLink connection of $FLWR_HOME/config.toml (default: a private local simulation)")
-    parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME, help="FLWR_HOME (default: .flwr/ in the checkout)")
+    parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME,
+                        help="FLWR_HOME (default: .flwr/ in the checkout)")
     return parser.parse_args(argv)
 
 
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if (output_dir / SUMMARY_FILE).exists():
         print(f"error: --output-dir={output_dir} already holds a finished run: choose another folder", file=sys.stderr)
         return 2
-    print(f"initmatters: {settings.fl.num_clients} clients, {settings.fl.num_rounds} rounds, init={settings.init.name}, "
-          f"heterogeneity={settings.heterogeneity.name}; results -> {output_dir}", flush=True)
+    print(f"initmatters: {settings.fl.num_clients} clients, {settings.fl.num_rounds} rounds, "
+          f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}; results -> {output_dir}",
+          flush=True)
     flwr_home = args.flwr_home.resolve()
     run_config = {"overrides": " ".join(args.overrides), "output-dir": str(output_dir)}
     if args.connection:

@@ -8,8 +8,9 @@ the setting and the allowed values, so a bad run fails before any start-up cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 HETEROGENEITY_SCHEMES = ("iid", "label_skew", "dirichlet", "pathological")
 INIT_NAMES = ("random", "pretrained", "align_flip", "misaligned_fraction", "checkpoint")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime
 from importlib import metadata
 from logging import INFO
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -139,7 +140,8 @@ def run_federated(
     plots = []
     if settings.log.plots:
         title = f"init={settings.init.name}, {settings.heterogeneity.name}, realised h={setup.realised_h:.2f}"
-        plots = [str(path.relative_to(output_dir)) for path in plot_run(output_dir / "rounds.csv", output_dir / "plots", title)]
+        drawn = plot_run(output_dir / "rounds.csv", output_dir / "plots", title)
+        plots = [str(path.relative_to(output_dir)) for path in drawn]
     final_row = log_rounds.rows[-1]
     summary = {
         "final": {key: finite_or_none(float(value)) for key, value in final_row.items()},
