@@ -49,20 +49,60 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group of `process`, then SIGKILL if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of `pid` (read from /proc, so Linux only)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        kids = children.get(frontier.pop(), [])
+        found += kids
+        frontier += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop `process` and all its descendants: SIGTERM, then SIGKILL whatever is left.
+
+    Flower's SuperLink starts its SuperExec and app processes in sessions of their own, so
+    signalling the process group alone would leave them running for a while.
+    """
+    tree = [process.pid, *descendants(process.pid)]
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        living = [pid for pid in tree if _alive(pid)]
+        if not living:
+            break
+        for pid in living:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_alive(pid) for pid in living):
+            if process.poll() is None:
+                time.sleep(0.1)
+            else:
+                time.sleep(0.05)
+    process.poll()
 
 
 @contextmanager

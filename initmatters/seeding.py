@@ -27,14 +27,20 @@ class Stream(IntEnum):
     CLIENT_SAMPLING = 8
 
 
+def _entropy(seed: int, stream: Stream, index: tuple[int, ...]) -> list[int]:
+    # The index count is part of the key: SeedSequence pads with zeros, so [s, t] and [s, t, 0]
+    # would otherwise be the same stream.
+    return [seed, int(stream), len(index), *index]
+
+
 def numpy_rng(seed: int, stream: Stream, *index: int) -> np.random.Generator:
     """A NumPy generator for (seed, stream, index...)."""
-    return np.random.default_rng([seed, int(stream), *index])
+    return np.random.default_rng(_entropy(seed, stream, index))
 
 
 def int_seed(seed: int, stream: Stream, *index: int) -> int:
     """A 63-bit integer seed for (seed, stream, index...), for APIs that take an int."""
-    words = np.random.SeedSequence([seed, int(stream), *index]).generate_state(2, np.uint32)
+    words = np.random.SeedSequence(_entropy(seed, stream, index)).generate_state(2, np.uint32)
     return int((int(words[0]) << 31) ^ int(words[1]))
 
 

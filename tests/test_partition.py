@@ -1,0 +1,175 @@
+"""Label partitions over clients (paper-model.md, "Heterogeneity") and client datasets."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from initmatters.data import balanced_labels, signal_vector
+from initmatters.partition import (
+    LABEL_COLUMN,
+    LabelSkewPartitioner,
+    client_dataset,
+    label_imbalance,
+    make_partitioner,
+    partition_true_labels,
+    realised_heterogeneity,
+)
+from initmatters.settings import DataSettings, HeterogeneitySettings
+
+# flwr-datasets warns each time it resamples a Dirichlet draw below min_partition_size.
+pytestmark = pytest.mark.filterwarnings("ignore:The specified min_partition_size")
+
+K, N = 10, 20
+
+SCHEMES = {
+    "iid": HeterogeneitySettings(name="iid"),
+    "label_skew": HeterogeneitySettings(name="label_skew", h=0.5),
+    "dirichlet": HeterogeneitySettings(name="dirichlet", alpha=0.5, min_partition_size=2),
+    "pathological": HeterogeneitySettings(name="pathological", classes_per_client=1),
+}
+
+
+def _pool(num: int, seed: int = 0) -> datasets.Dataset:
+    """A balanced label pool with an `idx` column so partitions can be traced back."""
+    labels = balanced_labels(num, np.random.default_rng(seed))
+    return datasets.Dataset.from_dict({LABEL_COLUMN: labels.tolist(), "idx": list(range(num))})
+
+
+def _partition_indices(partitioner, pool: datasets.Dataset) -> list[list[int]]:
+    partitioner.dataset = pool
+    return [list(partitioner.load_partition(k)["idx"]) for k in range(partitioner.num_partitions)]
+
+
+def _hand_imbalance(labels) -> float:
+    plus = sum(1 for y in labels if y == 1)
+    minus = sum(1 for y in labels if y == -1)
+    return abs(plus - minus) / len(labels)
+
+
+@pytest.mark.parametrize("h", [0.0, 0.5, 1.0])
+def test_label_skew_realises_h_exactly_per_client(h: float) -> None:
+    labels = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), 0, K, N)
+    assert len(labels) == K
+    for k, part in enumerate(labels):
+        assert part.shape == (N,)
+        assert set(part.tolist()) <= {-1, 1}
+        assert _hand_imbalance(part.tolist()) == h
+        plus = int((part == 1).sum())
+        # Majority label +1 for even k, -1 for odd k, with n (1 + h) / 2 majority samples.
+        majority_count = int(N * (1 + h) / 2)
+        assert plus == (majority_count if k % 2 == 0 else N - majority_count)
+    assert realised_heterogeneity(labels) == h
+
+
+def test_label_skew_partitions_are_disjoint_and_cover_pool() -> None:
+    pool = _pool(K * N, seed=3)
+    parts = _partition_indices(LabelSkewPartitioner(K, 0.5), pool)
+    flat = [i for part in parts for i in part]
+    assert len(flat) == len(set(flat)) == K * N
+    assert sorted(flat) == list(range(K * N))
+    pool_labels = pool[LABEL_COLUMN]
+    for k, part in enumerate(parts):
+        plus = sum(1 for i in part if pool_labels[i] == 1)
+        assert plus == (15 if k % 2 == 0 else 5)
+
+
+def test_label_skew_rejects_odd_partitions_and_unbalanced_pool() -> None:
+    with pytest.raises(ValueError):
+        LabelSkewPartitioner(3, 0.5)
+    partitioner = LabelSkewPartitioner(2, 1.0)
+    partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: [1, 1, 1, -1]})
+    with pytest.raises(ValueError):
+        partitioner.load_partition(0)
+
+
+def test_realised_heterogeneity_matches_hand_computation() -> None:
+    clients = [
+        np.array([1, 1, 1, -1]),  # |3 - 1| / 4 = 0.5
+        np.array([-1, -1]),  # 1
+        np.array([1, -1, 1, -1, 1, -1]),  # 0
+        np.array([-1, -1, -1, 1, -1]),  # 3/5
+    ]
+    assert realised_heterogeneity(clients) == pytest.approx((0.5 + 1.0 + 0.0 + 0.6) / 4, abs=1e-15)
+    assert label_imbalance(np.array([], dtype=np.int64)) == 0.0
+    assert label_imbalance(np.array([1, 1, -1])) == pytest.approx(1 / 3, abs=1e-15)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological", "label_skew"])
+def test_partitioners_are_disjoint_and_covering(scheme: str) -> None:
+    pool = _pool(K * N, seed=1)
+    parts = _partition_indices(make_partitioner(SCHEMES[scheme], K, seed=0), pool)
+    assert len(parts) == K
+    flat = [i for part in parts for i in part]
+    assert len(flat) == len(set(flat))  # disjoint
+    assert sorted(flat) == list(range(K * N))  # covering
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological", "label_skew"])
+def test_partition_true_labels_cover_balanced_pool_and_are_seeded(scheme: str) -> None:
+    labels = partition_true_labels(SCHEMES[scheme], 0, K, N)
+    assert len(labels) == K
+    assert sum(part.shape[0] for part in labels) == K * N
+    everything = np.concatenate(labels)
+    assert int((everything == 1).sum()) == int((everything == -1).sum()) == K * N // 2
+    again = partition_true_labels(SCHEMES[scheme], 0, K, N)
+    for a, b in zip(labels, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dirichlet_depends_on_seed_and_respects_min_size() -> None:
+    a = partition_true_labels(SCHEMES["dirichlet"], 0, K, N)
+    b = partition_true_labels(SCHEMES["dirichlet"], 1, K, N)
+    assert [len(p) for p in a] != [len(p) for p in b]
+    assert min(len(p) for p in a) >= 2 and min(len(p) for p in b) >= 2
+
+
+def test_pathological_one_class_per_client_has_h_one() -> None:
+    labels = partition_true_labels(SCHEMES["pathological"], 0, K, N)
+    for part in labels:
+        assert len(np.unique(part)) == 1
+    assert realised_heterogeneity(labels) == 1.0
+
+
+def test_iid_is_nearly_balanced() -> None:
+    labels = partition_true_labels(SCHEMES["iid"], 0, K, 200)
+    assert all(part.shape[0] == 200 for part in labels)
+    assert realised_heterogeneity(labels) < 0.2  # E|n+ - n-|/n ~ 0.056 for n = 200
+
+
+def _data_settings(**changes) -> DataSettings:
+    values = dict(dim=15, signal_norm=1.5, noise_std=1.0, label_noise=0.0, samples_per_client=N,
+                  test_samples=100)
+    values.update(changes)
+    return DataSettings(**values)
+
+
+def test_client_dataset_is_a_pure_function() -> None:
+    data, het, mu = _data_settings(), SCHEMES["label_skew"], signal_vector(15, 1.5)
+    a = client_dataset(data, het, 7, 3, K, mu)
+    b = client_dataset(data, het, 7, 3, K, mu)
+    assert torch.equal(a.features, b.features)
+    assert torch.equal(a.labels, b.labels)
+    assert torch.equal(a.true_labels, b.true_labels)
+    # Its labels are exactly the partition's labels (client 3 is odd: majority -1).
+    expected = partition_true_labels(het, 7, K, N)[3]
+    assert sorted(a.true_labels.int().tolist()) == sorted(expected.tolist())
+    assert int((a.true_labels == -1).sum()) == 15
+
+
+def test_client_dataset_differs_across_partitions_and_seeds() -> None:
+    data, het, mu = _data_settings(), SCHEMES["iid"], signal_vector(15, 1.5)
+    base = client_dataset(data, het, 7, 0, K, mu)
+    other_client = client_dataset(data, het, 7, 1, K, mu)
+    other_seed = client_dataset(data, het, 8, 0, K, mu)
+    assert not torch.equal(base.noise, other_client.noise)
+    assert not torch.equal(base.noise, other_seed.noise)
+    assert not np.any(base.noise.numpy()[:, 1:] == other_client.noise.numpy()[:, 1:])
+
+
+@pytest.mark.parametrize("partition_id", [-1, K, K + 5])
+def test_client_dataset_rejects_out_of_range_partition(partition_id: int) -> None:
+    with pytest.raises(ValueError, match="partition-id"):
+        client_dataset(_data_settings(), SCHEMES["iid"], 0, partition_id, K, signal_vector(15, 1.5))
