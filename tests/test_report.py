@@ -1,0 +1,345 @@
+"""The sweep report on small fixture sweeps written here (no Flower, no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from initmatters import report
+from initmatters.results import ROUND_COLUMNS, rounds_csv_text
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+# Final test error per (init, h, seed) of the main fixture: 2 inits x 2 h x 2 seeds.
+ERRORS = {
+    ("random", 0.0, 0): 0.16, ("random", 0.0, 1): 0.18,
+    ("random", 1.0, 0): 0.20, ("random", 1.0, 1): 0.26,
+    ("pretrained", 0.0, 0): 0.10, ("pretrained", 0.0, 1): 0.12,
+    ("pretrained", 1.0, 0): 0.11, ("pretrained", 1.0, 1): 0.12,
+}
+MISALIGNED_AT_INIT = {("random", 0): 22, ("random", 1): 18, ("pretrained", 0): 0, ("pretrained", 1): 0}
+
+
+# --------------------------------------------------------------------------------------------
+# Fixture generator: the results contract of a run, with chosen numbers
+
+
+def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, scheme: str = "label_skew",
+                    local_steps: int = 10, init_std: float = 0.1, steps: int = 50,
+                    num_rounds: int = 3) -> dict[str, Any]:
+    """summary.json["settings"] as the server writes it (ExperimentSettings.to_dict())."""
+    init_section: dict[str, Any] = {"name": init, "lr": None, "misaligned_fraction": None, "path": None,
+                                    "source_noise_std": None, "source_samples": None, "source_seed": None,
+                                    "steps": None}
+    if init == "pretrained":
+        init_section.update(lr=0.5, source_noise_std=1.0, source_samples=200, source_seed=1000, steps=steps)
+    return {
+        "seed": seed,
+        "data": {"dim": 1000, "label_noise": 0.0, "noise_std": 1.0, "samples_per_client": 20,
+                 "signal_norm": 1.5, "test_samples": 2000},
+        "fl": {"batch_size": 0, "fraction_train": 1.0, "local_steps": local_steps, "lr": 0.5,
+               "num_clients": 10, "num_rounds": num_rounds, "wait_for_nodes_s": 30.0},
+        "heterogeneity": {"alpha": None, "classes_per_client": None, "min_partition_size": None,
+                          "name": scheme, "h": h if scheme == "label_skew" else None},
+        "init": init_section,
+        "log": {"noise_memorization": True, "plots": True},
+        "model": {"filters_per_class": 20, "init_std": init_std},
+    }
+
+
+def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, misaligned_init: int,
+              realised_h: float, test_loss: float | None = None, finished: bool = True) -> Path:
+    """Write config.yaml, rounds.csv and (if finished) summary.json; misaligned falls linearly to 0."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(dict(settings)))
+    num_rounds = settings["fl"]["num_rounds"]
+    test_loss = test_error + 0.3 if test_loss is None else test_loss
+    rows = []
+    for r in range(num_rounds + 1):
+        misaligned = round(misaligned_init * (num_rounds - r) / num_rounds)
+        row = {column: float("nan") for column in ROUND_COLUMNS}
+        row.update(round=r, misaligned=misaligned, aligned=40 - misaligned, elapsed_s=0.1 * r,
+                   test_error=0.5 + (test_error - 0.5) * r / num_rounds,
+                   test_loss=0.7 + (test_loss - 0.7) * r / num_rounds)
+        if r:
+            row.update(train_loss=0.1, clients=10)
+        rows.append(row)
+    (folder / "rounds.csv").write_text(rounds_csv_text(rows))
+    if finished:
+        final = {k: v for k, v in rows[-1].items() if not (isinstance(v, float) and math.isnan(v))}
+        summary = {"final": final, "initial_misaligned": misaligned_init, "realised_h": realised_h,
+                   "rounds_completed": num_rounds, "settings": dict(settings), "wall_time_s": 2.0,
+                   "client_sizes": [20] * 10}
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Hydra-multirun-like layout: 8 finished jobs, one unfinished, .hydra folders everywhere."""
+    root = tmp_path / "multirun" / "2025-01-01" / "12-00-00"
+    job = 0
+    for (init, h, seed), error in ERRORS.items():
+        folder = write_run(root / str(job), nested_settings(init, h, seed), test_error=error,
+                           misaligned_init=MISALIGNED_AT_INIT[(init, seed)], realised_h=h)
+        hydra = folder / ".hydra"
+        hydra.mkdir()
+        (hydra / "config.yaml").write_text("seed: 0\n")  # Hydra's own copy: not a run
+        job += 1
+    write_run(root / "8", nested_settings("random", 0.5, 0), test_error=0.3, misaligned_init=20,
+              realised_h=0.5, finished=False)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return tmp_path / "multirun"
+
+
+def read_summary_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row_for(rows: Sequence[Mapping[str, str]], **match: str) -> Mapping[str, str]:
+    found = [row for row in rows if all(row[k.replace("__", ".")] == v for k, v in match.items())]
+    assert len(found) == 1, (match, rows)
+    return found[0]
+
+
+def sample_std(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and grouping
+
+
+def test_load_runs_finds_finished_runs_at_any_depth_and_lists_unfinished(sweep: Path) -> None:
+    runs, unfinished = report.scan_sweep(sweep)
+    assert len(runs) == 8
+    assert [r.path for r in report.load_runs(sweep)] == [r.path for r in runs]  # rows hold NaN
+    assert [u.path.name for u in unfinished] == ["8"]  # .hydra/config.yaml folders are not runs
+    assert unfinished[0].reason == "no summary.json"
+    assert unfinished[0].settings["heterogeneity.h"] == 0.5
+    run = next(r for r in runs if r.settings["init.name"] == "random" and r.seed == 1
+               and r.settings["heterogeneity.h"] == 1.0)
+    assert run.test_error == pytest.approx(0.26)
+    assert run.misaligned_init == 18 and run.misaligned_final == 0 and run.realised_h == 1.0
+    assert len(run.rounds) == 4 and run.settings["fl.local_steps"] == 10
+
+
+def test_group_runs_and_varying_keys_ignore_unset_init_settings(sweep: Path) -> None:
+    groups = report.group_runs(report.load_runs(sweep))
+    assert len(groups) == 4 and all(len(g.runs) == 2 for g in groups)
+    assert all([r.seed for r in g.runs] == [0, 1] for g in groups)
+    # init.steps etc. are None for random and set for pretrained: implied by init.name, not a column
+    assert report.varying_keys(groups) == ["init.name", "heterogeneity.h"]
+
+
+def test_flatten_settings_uses_hydra_key_names() -> None:
+    flat = report.flatten_settings(nested_settings("pretrained", 0.5, 3))
+    assert flat["seed"] == 3 and flat["heterogeneity.h"] == 0.5 and flat["init.steps"] == 50
+    assert flat["fl.local_steps"] == 10 and "init" not in flat
+
+
+def test_mean_std_is_sample_std_and_ignores_nan() -> None:
+    assert report.mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
+    mean, std = report.mean_std([4.0, float("nan")])
+    assert mean == 4.0 and math.isnan(std)
+    assert all(math.isnan(v) for v in report.mean_std([]))
+
+
+# --------------------------------------------------------------------------------------------
+# summary.csv / summary.md / figures
+
+
+def test_summary_csv_numbers_match_hand_computed_values(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    rows = read_summary_csv(out / "summary.csv")
+    assert list(rows[0])[:4] == ["init.name", "heterogeneity.h", "n_seeds", "seeds"]
+    # sorted by the varying keys: init.name, then h
+    assert [(r["init.name"], r["heterogeneity.h"]) for r in rows] == [
+        ("pretrained", "0.0"), ("pretrained", "1.0"), ("random", "0.0"), ("random", "1.0")]
+    for (init, h) in [("random", 0.0), ("random", 1.0), ("pretrained", 0.0), ("pretrained", 1.0)]:
+        row = row_for(rows, init__name=init, heterogeneity__h=str(h))
+        errors = [ERRORS[(init, h, seed)] for seed in (0, 1)]
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
+        assert float(row["test_error_mean"]) == pytest.approx(sum(errors) / 2)
+        assert float(row["test_error_std"]) == pytest.approx(sample_std(errors))
+        assert float(row["test_loss_mean"]) == pytest.approx(sum(errors) / 2 + 0.3)
+        misaligned = [MISALIGNED_AT_INIT[(init, seed)] for seed in (0, 1)]
+        assert float(row["misaligned_init_mean"]) == pytest.approx(sum(misaligned) / 2)
+        assert float(row["misaligned_init_std"]) == pytest.approx(sample_std(misaligned))
+        assert float(row["misaligned_final_mean"]) == 0.0
+        assert float(row["realised_h_mean"]) == h and float(row["realised_h_std"]) == 0.0
+    # penalty per seed: random (0.20-0.16, 0.26-0.18) = (0.04, 0.08); pretrained (0.01, 0.00)
+    random_h1 = row_for(rows, init__name="random", heterogeneity__h="1.0")
+    assert float(random_h1["heterogeneity_penalty_mean"]) == pytest.approx(0.06)
+    assert float(random_h1["heterogeneity_penalty_std"]) == pytest.approx(sample_std([0.04, 0.08]))
+    assert random_h1["heterogeneity_penalty_n"] == "2"
+    pretrained_h1 = row_for(rows, init__name="pretrained", heterogeneity__h="1.0")
+    assert float(pretrained_h1["heterogeneity_penalty_mean"]) == pytest.approx(0.005)
+    assert float(pretrained_h1["heterogeneity_penalty_std"]) == pytest.approx(math.sqrt(0.00005))
+    assert float(row_for(rows, init__name="random", heterogeneity__h="0.0")["heterogeneity_penalty_mean"]) == 0.0
+
+
+def test_summary_md_formats_cells_and_lists_unfinished_runs(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report.main([str(sweep), "--out", str(out)])
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| init.name | heterogeneity.h | n_seeds | final test error |" in text
+    assert "8 finished runs" in text and "4 configurations" in text
+    # random, h=1: error (0.20, 0.26), loss +0.3, misaligned (22, 18), penalty (0.04, 0.08)
+    assert ("| random | 1 | 2 | 0.2300 ± 0.0424 | 0.5300 ± 0.0424 | 20.0 ± 2.8 | 0.0 ± 0.0 | "
+            "1.0000 ± 0.0000 | +0.0600 ± 0.0283 |") in text
+    assert "| pretrained | 1 | 2 | 0.1150 ± 0.0071 |" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[:2] for line in table] == [
+        ["| pretrained", "0"], ["| pretrained", "1"], ["| random", "0"], ["| random", "1"]]
+    unfinished = [line for line in text.splitlines() if line.startswith("Unfinished runs")]
+    assert len(unfinished) == 1
+    assert unfinished[0].startswith("Unfinished runs (1, not in the table): ")
+    assert "2025-01-01/12-00-00/8" in unfinished[0] and "heterogeneity.h=0.5" in unfinished[0]
+    assert "no summary.json" in unfinished[0]
+
+
+def test_expected_figures_exist_and_no_temp_files_left(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report.main([str(sweep), "--out", str(out)])
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == ["init_variants.png", "misaligned_vs_round.png", "test_error_vs_h.png"]
+    for name in names:
+        assert (out / "figures" / name).read_bytes()[:8] == PNG_MAGIC
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "summary.csv", "summary.md"]
+    assert "![test_error_vs_h](figures/test_error_vs_h.png)" in (out / "summary.md").read_text()
+
+
+def test_default_out_is_the_sweep_folder_and_rerun_reads_only_runs(sweep: Path, capsys) -> None:
+    assert report.main([str(sweep)]) == 0
+    first = (sweep / "summary.csv").read_text()
+    assert (sweep / "figures" / "test_error_vs_h.png").exists()
+    assert "8 finished runs in 4 configurations, 1 unfinished" in capsys.readouterr().out
+    assert report.main([str(sweep)]) == 0  # its own outputs are not mistaken for runs
+    assert (sweep / "summary.csv").read_text() == first
+
+
+def test_penalty_blank_without_h0_partner_and_for_other_schemes(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", nested_settings("random", 0.5, 0), test_error=0.2, misaligned_init=20, realised_h=0.5)
+    write_run(tmp_path / "b", nested_settings("random", 1.0, 0), test_error=0.3, misaligned_init=20, realised_h=1.0)
+    write_run(tmp_path / "c", nested_settings("random", None, 0, scheme="iid"), test_error=0.15,
+              misaligned_init=20, realised_h=0.07)
+    runs = report.load_runs(tmp_path)
+    groups = report.group_runs(runs)
+    keys = report.varying_keys(groups)
+    assert keys == ["heterogeneity.name", "heterogeneity.h"]
+    rows = report.summarize(groups, keys)
+    assert [(r["heterogeneity.name"], r["heterogeneity.h"]) for r in rows] == [
+        ("iid", None), ("label_skew", 0.5), ("label_skew", 1.0)]
+    assert all(math.isnan(r["heterogeneity_penalty_mean"]) and r["heterogeneity_penalty_n"] == 0 for r in rows)
+    assert rows[0]["realised_h_mean"] == pytest.approx(0.07)  # reported for non-label_skew schemes too
+    csv_rows = list(csv.DictReader(report.render_csv(rows, keys).splitlines()))
+    assert csv_rows[0]["heterogeneity.h"] == "" and csv_rows[0]["heterogeneity_penalty_mean"] == ""
+    markdown = report.render_markdown(rows, keys)
+    assert "| iid | — | 1 | 0.1500 | 0.4500 | 20.0 | 0.0 | 0.0700 |  |" in markdown
+    assert "Unfinished runs: none." in markdown
+
+
+def test_penalty_pairs_by_seed_and_tau_panels(tmp_path: Path) -> None:
+    # seed 1 has no h=0 partner at tau=1; tau=50 has no h=0 runs at all
+    cases = [(1, 0.0, 0, 0.10), (1, 1.0, 0, 0.15), (1, 1.0, 1, 0.40), (50, 1.0, 0, 0.3), (50, 0.5, 0, 0.2)]
+    for tau, h, seed, error in cases:
+        write_run(tmp_path / f"t{tau}-h{h}-s{seed}", nested_settings("random", h, seed, local_steps=tau),
+                  test_error=error, misaligned_init=20, realised_h=h)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    rows = report.summarize(groups)
+    by = {(r["fl.local_steps"], r["heterogeneity.h"]): r for r in rows}
+    assert report.varying_keys(groups) == ["heterogeneity.h", "fl.local_steps"]
+    assert list(by) == [(1, 0.0), (50, 0.5), (1, 1.0), (50, 1.0)]  # sorted by h, then tau
+    assert by[(1, 1.0)]["heterogeneity_penalty_mean"] == pytest.approx(0.05)
+    assert by[(1, 1.0)]["heterogeneity_penalty_n"] == 1 and by[(1, 1.0)]["n_seeds"] == 2
+    assert math.isnan(by[(50, 1.0)]["heterogeneity_penalty_mean"])
+    figures = report.make_figures(groups, report.varying_keys(groups), tmp_path / "fig")
+    assert [p.name for p in figures] == ["test_error_vs_h.png", "misaligned_vs_round.png"]
+
+
+def test_pretraining_and_init_variant_figures(tmp_path: Path) -> None:
+    for steps in (0, 10, 50):
+        for seed in (0, 1):
+            write_run(tmp_path / f"pre{steps}-s{seed}", nested_settings("pretrained", 0.0, seed, steps=steps),
+                      test_error=0.2 - steps / 1000 + seed / 100, misaligned_init=20 - steps // 5, realised_h=0.0)
+    for init_std in (0.05, 0.1):
+        write_run(tmp_path / f"rand{init_std}", nested_settings("random", 0.0, 0, init_std=init_std),
+                  test_error=0.2, misaligned_init=20, realised_h=0.0)
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path), "--out", str(out)]) == 0
+    keys = report.varying_keys(report.group_runs(report.load_runs(tmp_path)))
+    assert keys == ["init.name", "init.steps", "model.init_std"]
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == ["init_variants.png", "misaligned_vs_round.png", "pretraining_steps.png"]
+    rows = read_summary_csv(out / "summary.csv")
+    pre50 = row_for(rows, init__name="pretrained", init__steps="50")
+    assert float(pre50["misaligned_init_mean"]) == 10.0
+    assert float(pre50["test_error_mean"]) == pytest.approx(0.155)
+
+
+def test_single_configuration_has_no_comparison_figures(tmp_path: Path) -> None:
+    for seed in (0, 1, 2):
+        write_run(tmp_path / f"s{seed}", nested_settings("random", 0.0, seed), test_error=0.1 * (seed + 1),
+                  misaligned_init=20, realised_h=0.0)
+    result = report.write_report(tmp_path)
+    assert result["configurations"] == 1 and result["keys"] == ["init.name"]
+    assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
+    assert "| random | 3 | 0.2000 ± 0.1000 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_duplicate_seed_is_ignored_and_noted(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", nested_settings("random", 0.0, 0), test_error=0.1, misaligned_init=20, realised_h=0.0)
+    write_run(tmp_path / "b", nested_settings("random", 0.0, 0), test_error=0.9, misaligned_init=20, realised_h=0.0)
+    result = report.write_report(tmp_path)
+    assert result["rows"][0]["n_seeds"] == 1 and result["rows"][0]["test_error_mean"] == pytest.approx(0.1)
+    assert "Ignored 1 duplicate run(s)" in (tmp_path / "summary.md").read_text()
+
+
+def test_unreadable_summary_counts_as_unfinished(tmp_path: Path) -> None:
+    write_run(tmp_path / "ok", nested_settings("random", 0.0, 0), test_error=0.1, misaligned_init=20, realised_h=0.0)
+    bad = write_run(tmp_path / "bad", nested_settings("random", 0.0, 1), test_error=0.1, misaligned_init=20,
+                    realised_h=0.0)
+    (bad / "summary.json").write_text("{not json")
+    runs, unfinished = report.scan_sweep(tmp_path)
+    assert len(runs) == 1 and [u.path.name for u in unfinished] == ["bad"]
+    assert unfinished[0].reason.startswith("unreadable results: JSONDecodeError")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI errors
+
+
+def test_folder_without_runs_is_a_one_line_error_exit_2(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path / "running", nested_settings(), test_error=0.1, misaligned_init=20, realised_h=0.0,
+              finished=False)
+    assert report.main([str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: no finished runs under {tmp_path}") and "1 unfinished" in captured.err
+    assert not (tmp_path / "summary.csv").exists()
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'} is not a folder\n"
+
+
+def test_module_cli_exit_code(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "initmatters.report", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: no finished runs under {tmp_path} (a finished run is a folder with summary.json "
+        "and rounds.csv); 0 unfinished"]
