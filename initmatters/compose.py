@@ -20,6 +20,9 @@ from initmatters.settings import ExperimentSettings, SettingError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
 
+# `${floordiv:500,${fl.local_steps}}`: presets keep the total number of local steps fixed.
+OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
+
 
 def split_overrides(overrides: str | Sequence[str]) -> list[str]:
     """Hydra overrides from a shell-style string ("init=pretrained fl.lr=0.1") or a list."""

@@ -1,0 +1,1 @@
+"""Hydra launcher plugin of initmatters (discovered through the hydra_plugins namespace)."""

@@ -1,0 +1,257 @@
+"""Hydra launcher that runs a whole multirun over one Flower simulation.
+
+(No `from __future__ import annotations` here: Hydra loads plugin modules in a way that
+breaks dataclasses with string annotations.)
+
+Flower's run_simulation starts (and shuts down) Ray on every call, ~8 s here. Clients of this
+project are stateless (each message carries the run's settings), so consecutive experiments can
+share one set of simulated SuperNodes: this launcher starts one simulation per distinct
+`fl.num_clients` and its ServerApp runs every job of the sweep on the same grid, each through
+Hydra's own `run_job` (job folders, .hydra/ files, output_dir as usual).
+
+It also makes sweeps livable: a progress line per job (done/total, time left), a failing job is
+reported with its overrides and the others go on, and a job whose folder already holds a
+finished run of the same resolved config is skipped (resume with the same hydra.sweep.dir).
+With `hydra.launcher.connection=<name>` every job goes through `flwr run` to that Flower
+connection instead (e.g. a real deployment).
+"""
+
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SharedSimulationLauncherConf:
+    _target_: str = "hydra_plugins.initmatters_launcher.shared_simulation_launcher.SharedSimulationLauncher"
+    connection: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)  a Flower connection name: run each job with `flwr run` there
+    client_num_cpus: int = 1  # Ray resources per simulated client (1 = one actor per core)
+    quiet_flower: bool = True  # hide Flower's per-round INFO logs (the launcher prints per job)
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="shared_simulation", node=SharedSimulationLauncherConf, provider="initmatters"
+)
+
+
+class SweepJobFailed(RuntimeError):
+    """A sweep job failed; the message holds its number, overrides and reason."""
+
+
+@dataclass
+class _Job:
+    index: int
+    overrides: list[str]
+    config: DictConfig
+    output_dir: Path
+    settings: Any = None  # ExperimentSettings once validated
+    resolved_yaml: str = ""
+    error: str = ""
+    finished_before: bool = False
+
+
+@dataclass
+class _Progress:
+    total: int
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    resumed: int = 0
+    job_seconds: list[float] = field(default_factory=list)
+
+    def record(self, job: _Job, status: str, seconds: float | None, detail: str) -> None:
+        self.done += 1
+        self.failed += status == "FAILED"
+        self.resumed += status == "resumed"
+        if seconds is not None:
+            self.job_seconds.append(seconds)
+        remaining = self.total - self.done
+        mean = sum(self.job_seconds) / len(self.job_seconds) if self.job_seconds else 0.0
+        elapsed = time.monotonic() - self.started
+        print(
+            f"[sweep] {self.done}/{self.total} jobs ({self.failed} failed, {self.resumed} resumed) | "
+            f"#{job.index} {' '.join(job.overrides) or '(defaults)'}: {status} {detail} | "
+            f"{elapsed:.0f}s elapsed, ~{mean * remaining:.0f}s left",
+            flush=True,
+        )
+
+
+class SharedSimulationLauncher(Launcher):
+    def __init__(self, connection: str | None = None, client_num_cpus: int = 1, quiet_flower: bool = True) -> None:
+        super().__init__()
+        self.connection = connection
+        self.client_num_cpus = client_num_cpus
+        self.quiet_flower = quiet_flower
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        print(f"[sweep] {len(jobs)} jobs -> {sweep_dir}", flush=True)
+        progress = _Progress(total=len(jobs))
+        returns: dict[int, JobReturn] = {}
+        for job in jobs:
+            if job.error or job.finished_before:
+                returns[job.index] = self._settled(job, progress)
+        pending = [job for job in jobs if job.index not in returns]
+        for num_clients in sorted({job.settings.fl.num_clients for job in pending}):
+            group = [job for job in pending if job.settings.fl.num_clients == num_clients]
+            if self.connection:
+                for job in group:
+                    returns[job.index] = self._run_with_flwr(job, progress)
+            else:
+                returns.update(self._run_in_shared_simulation(group, num_clients, progress))
+        failed = [job for job in jobs if returns[job.index].status == JobStatus.FAILED]
+        print(f"[sweep] finished {len(jobs) - len(failed)}/{len(jobs)} jobs in "
+              f"{time.monotonic() - progress.started:.0f}s; results in {sweep_dir}", flush=True)
+        for job in failed:
+            print(f"[sweep] FAILED {returns[job.index]._return_value}", flush=True)
+        if failed:  # a clean non-zero exit instead of Hydra re-raising the first failure with a traceback
+            raise SystemExit(1)
+        return [returns[job.index] for job in jobs]
+
+    # -- preparing jobs --------------------------------------------------------------------------
+
+    def _prepare(self, index: int, overrides: list[str]) -> _Job:
+        """Compose the job's config, find its folder, validate its settings, check for resume."""
+        from initmatters.compose import settings_from_config
+        from initmatters.results import SUMMARY_FILE
+        from initmatters.settings import SettingError
+
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = index
+            config.hydra.job.num = index
+        HydraConfig.instance().set_config(config)
+        output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+        job = _Job(index, filter_overrides(overrides), config, output_dir.resolve())
+        task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        try:
+            job.settings = settings_from_config(task_config)
+        except SettingError as error:
+            job.error = str(error)
+            return job
+        job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
+        config_file = job.output_dir / "config.yaml"
+        job.finished_before = (
+            (job.output_dir / SUMMARY_FILE).is_file()
+            and config_file.is_file()
+            and config_file.read_text() == job.resolved_yaml
+        )
+        return job
+
+    def _settled(self, job: _Job, progress: _Progress) -> JobReturn:
+        """The JobReturn of a job that needs no run: invalid settings, or finished earlier."""
+        if job.error:
+            progress.record(job, "FAILED", None, f"({job.error})")
+            return self._job_return(job, JobStatus.FAILED, SweepJobFailed(self._failure(job, job.error)))
+        progress.record(job, "resumed", None, f"(finished run in {job.output_dir})")
+        return self._job_return(job, JobStatus.COMPLETED, "resumed")
+
+    def _job_return(self, job: _Job, status: JobStatus, value: Any) -> JobReturn:
+        result = JobReturn(overrides=job.overrides, cfg=job.config, hydra_cfg=job.config,
+                           working_dir=str(job.output_dir), task_name=str(job.config.hydra.job.name), status=status)
+        result.return_value = value
+        return result
+
+    @staticmethod
+    def _failure(job: _Job, reason: str) -> str:
+        return f"#{job.index} {' '.join(job.overrides)}: {reason}"
+
+    # -- running jobs ----------------------------------------------------------------------------
+
+    def _run_in_shared_simulation(
+        self, group: list[_Job], num_clients: int, progress: _Progress
+    ) -> dict[int, JobReturn]:
+        """Run every job of `group` on one in-process simulation with `num_clients` SuperNodes."""
+        from flwr.serverapp import Grid, ServerApp
+        from flwr.simulation import run_simulation
+
+        from client_app.app import app as client_app
+
+        returns: dict[int, JobReturn] = {}
+        server_app = ServerApp()
+
+        @server_app.main()
+        def run_all(grid: Grid, context: Any) -> None:
+            for job in group:
+                returns[job.index] = self._run_job_on_grid(job, grid, progress)
+
+        print(f"[sweep] one Flower simulation with {num_clients} SuperNodes for {len(group)} jobs", flush=True)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_clients,
+            backend_config={"client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": 0.0}},
+        )
+        for job in group:  # a simulation that died before reaching a job
+            if job.index not in returns:
+                returns[job.index] = self._job_return(
+                    job, JobStatus.FAILED, SweepJobFailed(self._failure(job, "the shared simulation stopped early")))
+        return returns
+
+    def _run_job_on_grid(self, job: _Job, grid: Any, progress: _Progress) -> JobReturn:
+        from server_app.app import run_federated
+
+        started = time.monotonic()
+
+        def task(_: DictConfig) -> dict[str, Any]:
+            if self.quiet_flower:  # run_job has just reconfigured logging for this job
+                flower_logger = logging.getLogger("flwr")
+                flower_logger.setLevel(logging.WARNING)
+                flower_logger.propagate = False
+            return run_federated(grid, job.settings, job.resolved_yaml, job.output_dir, report=log.debug)
+
+        assert self.hydra_context is not None
+        result = run_job(hydra_context=self.hydra_context, task_function=task, config=job.config,
+                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        seconds = time.monotonic() - started
+        if result.status == JobStatus.COMPLETED:
+            final = result.return_value["final"]
+            progress.record(job, "done", seconds, f"(test_error {final['test_error']:.4f}, {seconds:.1f}s)")
+        else:
+            reason = " ".join(str(result._return_value).split())
+            progress.record(job, "FAILED", seconds, f"({reason})")
+            result.return_value = SweepJobFailed(self._failure(job, reason))
+        return result
+
+    def _run_with_flwr(self, job: _Job, progress: _Progress) -> JobReturn:
+        """One job through `flwr run <project> <connection>`; success = its summary.json exists."""
+        from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run
+        from initmatters.results import SUMMARY_FILE
+
+        started = time.monotonic()
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        run_config = {"overrides": shlex.join(job.overrides), "output-dir": str(job.output_dir)}
+        flwr_run(PROJECT_ROOT, flower_env(DEFAULT_FLWR_HOME), run_config, connection=self.connection)
+        seconds = time.monotonic() - started
+        if (job.output_dir / SUMMARY_FILE).is_file():
+            progress.record(job, "done", seconds, f"({seconds:.1f}s via {self.connection})")
+            return self._job_return(job, JobStatus.COMPLETED, str(job.output_dir))
+        reason = f"the run on connection {self.connection!r} did not finish (no {SUMMARY_FILE})"
+        progress.record(job, "FAILED", seconds, f"({reason})")
+        return self._job_return(job, JobStatus.FAILED, SweepJobFailed(self._failure(job, reason)))
