@@ -19,9 +19,9 @@ connection instead (e.g. a real deployment).
 import logging
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
