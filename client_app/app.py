@@ -29,6 +29,8 @@ def node_partition(context: Context) -> tuple[int, int]:
                              f"(start the SuperNode with --node-config 'partition-id=K num-partitions=N')")
         values.append(value)
     partition_id, num_partitions = values
+    if num_partitions < 1:
+        raise ValueError(f"node config num-partitions={num_partitions} is invalid: allowed an integer >= 1")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"node config partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
     return partition_id, num_partitions

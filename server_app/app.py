@@ -3,11 +3,21 @@
 `flwr run .` reaches `app` with run_config {"overrides": "<hydra overrides>", "output-dir": ...};
 Python launchers (sweeps, tests) build an app for already-validated settings with
 `build_server_app`. Both end in `run_federated`.
+
+Checkpoints: after every round (round 0 included) the global model, the round number and the
+rows of rounds.csv so far are written atomically to <output-dir>/checkpoint/checkpoint.pt; the
+folder is removed once summary.json is written. A run started on an output-dir that holds a
+checkpoint (and no summary.json) resumes from it: same settings required, rounds continue at
+the next round number (the client schedule and the clients' batch streams are indexed by it),
+so the final model equals that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import numbers
 import platform
+import re
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -16,6 +26,7 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -36,6 +47,8 @@ from strategies.alignment_fedavg import AlignmentTrackingFedAvg, arrays_to_weigh
 
 VERSIONED_PACKAGES = ("torch", "flwr", "flwr-datasets", "hydra-core", "numpy", "datasets")
 QUERY_TIMEOUT_S = 120.0
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def _report(message: str) -> None:
@@ -45,6 +58,13 @@ def _report(message: str) -> None:
 def default_output_dir() -> Path:
     """outputs/<date>/<time> under the working directory of the process running the ServerApp."""
     return Path.cwd() / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+
+
+def error_reason(message: Message) -> str:
+    """A reply error's reason on one line, without Flower's "<class 'E'>:<'...'>" wrapping."""
+    reason = " ".join(message.error.reason.split())
+    match = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", reason)
+    return match.group(1) if match else reason
 
 
 def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int, int]:
@@ -62,7 +82,7 @@ def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int
     for reply in grid.send_and_receive(queries, timeout=QUERY_TIMEOUT_S):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            raise RuntimeError(f"SuperNode {node} rejected the run: {reply.error.reason}")
+            raise RuntimeError(f"SuperNode {node} rejected the run: {error_reason(reply)}")
         partition = reply.content["partition"]
         partition_id, num_partitions = int(partition["partition-id"]), int(partition["num-partitions"])
         if num_partitions != num_clients:
@@ -76,6 +96,93 @@ def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int
     if missing:
         raise RuntimeError(f"no SuperNode answered for partition-id(s) {missing}")
     return node_of_partition
+
+
+def checkpoint_path(output_dir: Path) -> Path:
+    """<output_dir>/checkpoint/checkpoint.pt: the state after the last completed round."""
+    return output_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def _plain(value: Any) -> Any:
+    """A rounds.csv cell as a plain Python int/float/str/None (loadable with weights_only)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value)
+
+
+def save_checkpoint(output_dir: Path, server_round: int, weight: torch.Tensor, init_weight: torch.Tensor,
+                    rows: list[dict[str, Any]], resolved_config_yaml: str) -> None:
+    """Write the checkpoint of `server_round` atomically (a crash leaves the previous one intact)."""
+    state = {
+        "round": server_round,
+        "weight": weight.detach().cpu().clone(),
+        "init_weight": init_weight.detach().cpu().clone(),
+        "rows": [{key: _plain(value) for key, value in row.items()} for row in rows],
+        "config_yaml": resolved_config_yaml,
+    }
+    save_tensor_atomic(checkpoint_path(output_dir), state)
+
+
+def load_checkpoint(output_dir: Path, resolved_config_yaml: str, init_weight: torch.Tensor) -> dict[str, Any]:
+    """The checkpoint in `output_dir`, checked against this run's settings and w(0)."""
+    path = checkpoint_path(output_dir)
+    if not path.exists():
+        raise RuntimeError(f"cannot resume: no checkpoint at {path}")
+    state = torch.load(path, weights_only=True)
+    if state["config_yaml"] != resolved_config_yaml:
+        raise RuntimeError(f"cannot resume from {path}: it was made with other settings "
+                           f"(see {output_dir / 'config.yaml'}): pass the same overrides or choose another output-dir")
+    if not torch.equal(state["init_weight"], init_weight.detach().cpu()):
+        raise RuntimeError(f"cannot resume from {path}: its initial model differs from this run's w(0)")
+    return state
+
+
+class ResumableFedAvg(AlignmentTrackingFedAvg):
+    """AlignmentTrackingFedAvg whose rounds are numbered from `round_offset` + 1.
+
+    Strategy.start counts rounds from 1; a resumed run adds the rounds already done, so the
+    schedule, the clients' "server-round" and the round sink see the true round number. A round
+    in which no scheduled client replies stops the run with a clear error (nothing to aggregate).
+    """
+
+    def __init__(self, *, round_offset: int = 0, report: Callable[[str], None] = _report, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.round_offset = round_offset
+        self.report = report
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies):
+        true_round = server_round + self.round_offset
+        replies = list(replies)
+        failed = [reply for reply in replies if reply.has_error()]
+        if failed:
+            reasons = "; ".join(f"node {reply.metadata.src_node_id}: {error_reason(reply)}" for reply in failed)
+            self.report(f"round {true_round}: {len(replies) - len(failed)} of {len(replies)} scheduled clients "
+                        f"replied ({reasons})")
+        arrays, metrics = super().aggregate_train(true_round, replies)
+        if arrays is None:
+            raise RuntimeError(f"round {true_round}: none of the {len(replies)} scheduled clients replied, "
+                               f"nothing to aggregate; the checkpoint of round {true_round - 1} can be resumed")
+        return arrays, metrics
+
+
+class _ContinuedClock:
+    """time.monotonic, but the first reading is `earlier` seconds back (RoundLog's start)."""
+
+    def __init__(self, earlier: float) -> None:
+        self.earlier = earlier
+        self.first = True
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if self.first:
+            self.first = False
+            return now - self.earlier
+        return now
 
 
 def package_versions() -> dict[str, str]:
@@ -94,21 +201,39 @@ def run_federated(
     resolved_config_yaml: str,
     output_dir: Path,
     report: Callable[[str], None] = _report,
+    *,
+    resume: bool = False,
+    checkpoint: bool = True,
 ) -> dict[str, Any]:
-    """Run one experiment on the connected SuperNodes and write the results contract."""
+    """Run one experiment on the connected SuperNodes and write the results contract.
+
+    checkpoint: write <output_dir>/checkpoint/checkpoint.pt after every round.
+    resume: continue from that checkpoint (same settings) instead of starting at round 0.
+    """
     started = time.monotonic()
     output_dir = output_dir.resolve()
+    if resume and (output_dir / SUMMARY_FILE).exists():
+        raise RuntimeError(f"cannot resume: {output_dir} already holds a finished run")
     report(f"writing results to {output_dir}")
-    write_text_atomic(output_dir / "config.yaml", resolved_config_yaml)
 
     setup = server_setup(settings)
+    state = load_checkpoint(output_dir, resolved_config_yaml, setup.init_weight) if resume else None
+    write_text_atomic(output_dir / "config.yaml", resolved_config_yaml)
     save_weight(output_dir / "model_init.pt", setup.init_weight)
     save_tensor_atomic(output_dir / "signal.pt", setup.signal.clone())
     report(f"init={settings.init.name}: realised h={setup.realised_h:.4f}, client sizes {setup.client_sizes}")
+    start_round = int(state["round"]) if state else 0
+    if state:
+        report(f"resuming after round {start_round}/{settings.fl.num_rounds} from {checkpoint_path(output_dir)}")
 
     node_of_partition = discover_partitions(grid, settings.fl.num_clients, settings.fl.wait_for_nodes_s)
-    log_rounds = RoundLog(output_dir / "rounds.csv", settings.fl.num_rounds, report)
-    strategy = AlignmentTrackingFedAvg(
+    earlier = float(state["rows"][-1].get("elapsed_s") or 0.0) if state else 0.0
+    log_rounds = RoundLog(output_dir / "rounds.csv", settings.fl.num_rounds, report, clock=_ContinuedClock(earlier))
+    if state:
+        log_rounds.rows.extend(dict(row) for row in state["rows"])
+    strategy = ResumableFedAvg(
+        round_offset=start_round,
+        report=report,
         signal=setup.signal,
         init_weight=setup.init_weight,
         node_of_partition=node_of_partition,
@@ -117,23 +242,30 @@ def run_federated(
         round_sink=log_rounds.add_train,
     )
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        true_round = server_round + start_round
         if server_round == 0:
+            if state:
+                return None  # round start_round is already logged and checkpointed
             log_rounds.add_train(0, strategy.alignment_metrics(arrays))
         metrics = central_metrics(arrays_to_weight(arrays), setup.test)
-        log_rounds.add_eval(server_round, metrics)
+        log_rounds.add_eval(true_round, metrics)
+        if checkpoint:
+            save_checkpoint(output_dir, true_round, arrays_to_weight(arrays), setup.init_weight, log_rounds.rows,
+                            resolved_config_yaml)
         return MetricRecord(metrics)
 
-    initial_arrays = weight_to_arrays(setup.init_weight)
+    initial_arrays = weight_to_arrays(state["weight"] if state else setup.init_weight)
+    rounds_left = settings.fl.num_rounds - start_round
     result = strategy.start(
         grid=grid,
         initial_arrays=initial_arrays,
-        num_rounds=settings.fl.num_rounds,
+        num_rounds=rounds_left,
         train_config=ConfigRecord(flatten_settings(settings)),
         evaluate_fn=evaluate,
     )
     final_arrays = result.arrays if len(result.arrays) else initial_arrays
-    if settings.fl.num_rounds and not len(result.arrays):
+    if rounds_left and not len(result.arrays):
         raise RuntimeError("no round produced a global model: every client failed (see the log)")
     save_weight(output_dir / "model_final.pt", arrays_to_weight(final_arrays))
 
@@ -143,18 +275,23 @@ def run_federated(
         drawn = plot_run(output_dir / "rounds.csv", output_dir / "plots", title)
         plots = [str(path.relative_to(output_dir)) for path in drawn]
     final_row = log_rounds.rows[-1]
+    short_rounds = [int(row["round"]) for row in log_rounds.rows[1:] if row.get("clients") is not None
+                    and int(row["clients"]) < len(setup.schedule[int(row["round"]) - 1])]
     summary = {
         "final": {key: finite_or_none(float(value)) for key, value in final_row.items()},
         "initial_misaligned": log_rounds.rows[0]["misaligned"],
         "realised_h": setup.realised_h,
         "client_sizes": setup.client_sizes,
         "rounds_completed": int(final_row["round"]),
+        "resumed_from_round": start_round if state else None,
+        "rounds_with_missing_clients": short_rounds,  # fewer replies than scheduled clients (a node failed)
         "wall_time_s": round(time.monotonic() - started, 3),
         "settings": settings.to_dict(),
         "plots": plots,
         "versions": package_versions(),
     }
     write_json_atomic(output_dir / SUMMARY_FILE, summary)  # last: its presence marks a complete run
+    shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # redundant once the run is complete
     report(
         f"done: test_error {final_row['test_error']:.4f}, misaligned {log_rounds.rows[0]['misaligned']} -> "
         f"{final_row['misaligned']} in {summary['wall_time_s']:.1f}s; results in {output_dir}"
@@ -162,15 +299,21 @@ def run_federated(
     return summary
 
 
-def build_server_app(settings: ExperimentSettings, resolved_config_yaml: str, output_dir: Path) -> ServerApp:
+def build_server_app(settings: ExperimentSettings, resolved_config_yaml: str, output_dir: Path, *,
+                     resume: bool = False) -> ServerApp:
     """A ServerApp bound to already-validated settings (for in-process simulation)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federated(grid, settings, resolved_config_yaml, output_dir)
+        run_federated(grid, settings, resolved_config_yaml, output_dir, resume=resume)
 
     return server_app
+
+
+def interrupted_run(output_dir: Path) -> bool:
+    """True when `output_dir` holds a checkpoint and no summary.json (a run to resume)."""
+    return checkpoint_path(output_dir).exists() and not (output_dir / SUMMARY_FILE).exists()
 
 
 app = ServerApp()
@@ -178,7 +321,11 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point of `flwr run .`: compose conf/ with the run-config overrides, then run."""
+    """Entry point of `flwr run .`: compose conf/ with the run-config overrides, then run.
+
+    An output-dir holding an interrupted run's checkpoint is resumed (same overrides required).
+    """
     settings, resolved_yaml = load_settings(str(context.run_config.get("overrides", "")))
     output = str(context.run_config.get("output-dir", "")).strip()
-    run_federated(grid, settings, resolved_yaml, Path(output) if output else default_output_dir())
+    output_dir = Path(output) if output else default_output_dir()
+    run_federated(grid, settings, resolved_yaml, output_dir, resume=interrupted_run(output_dir))
