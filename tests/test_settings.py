@@ -50,11 +50,12 @@ def test_every_group_option_composes(compose_settings, group: str, option: str) 
 
 
 def test_every_experiment_composes(compose_settings) -> None:
+    assert len(EXPERIMENTS) >= 4
     for name in EXPERIMENTS:
-        settings, _ = compose_settings(f"+experiment={name}")
+        settings, _ = compose_settings(f"experiment={name}")
         assert isinstance(settings, ExperimentSettings)
-        small, _ = compose_settings(f"+experiment={name} debug=default")
-        assert small.data.dim == 100
+        small, _ = compose_settings(f"experiment={name} debug=default")  # debug wins over the preset
+        assert (small.data.dim, small.fl.num_clients, small.fl.num_rounds) == (100, 2, 2)
 
 
 def test_overrides_reach_settings(compose_settings) -> None:
