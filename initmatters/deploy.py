@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from initmatters.compose import load_settings
-from initmatters.launch import PROJECT_ROOT, _alive, flower_env, flwr_run, free_port, managed_process
+from initmatters.launch import PROJECT_ROOT, flower_env, flwr_run, free_port, is_alive, managed_process
 from initmatters.results import SUMMARY_FILE
 from initmatters.run import default_output_dir
 from initmatters.settings import SettingError
@@ -98,7 +98,7 @@ def leftover_processes(workdir: Path) -> list[int]:
 def stop_leftovers(workdir: Path, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, every process leftover_processes(workdir) finds."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        pids = [pid for pid in leftover_processes(workdir) if _alive(pid)]
+        pids = [pid for pid in leftover_processes(workdir) if is_alive(pid)]
         if not pids:
             return
         for pid in pids:
@@ -107,7 +107,7 @@ def stop_leftovers(workdir: Path, timeout: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        while time.monotonic() < deadline and any(is_alive(pid) for pid in pids):
             time.sleep(0.1)
 
 

@@ -69,7 +69,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -88,7 +89,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
     """
     tree = [process.pid, *descendants(process.pid)]
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        living = [pid for pid in tree if _alive(pid)]
+        living = [pid for pid in tree if is_alive(pid)]
         if not living:
             break
         for pid in living:
@@ -97,7 +98,7 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(_alive(pid) for pid in living):
+        while time.monotonic() < deadline and any(is_alive(pid) for pid in living):
             if process.poll() is None:
                 time.sleep(0.1)
             else:
