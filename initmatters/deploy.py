@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from initmatters.compose import load_settings
-from initmatters.launch import PROJECT_ROOT, flower_env, flwr_run, free_port, is_alive, managed_process
+from initmatters.launch import PROJECT_ROOT, flower_env, flwr_run, free_port, managed_process, terminate_pids
 from initmatters.results import SUMMARY_FILE
 from initmatters.run import default_output_dir
 from initmatters.settings import SettingError
@@ -97,18 +97,7 @@ def leftover_processes(workdir: Path) -> list[int]:
 
 def stop_leftovers(workdir: Path, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, every process leftover_processes(workdir) finds."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        pids = [pid for pid in leftover_processes(workdir) if is_alive(pid)]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(is_alive(pid) for pid in pids):
-            time.sleep(0.1)
+    terminate_pids(leftover_processes(workdir), timeout)
 
 
 def wait_until_serving(port: int, process: subprocess.Popen, ca_file: Path | None, timeout: float = 60.0) -> None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -81,17 +82,12 @@ def is_alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop `process` and all its descendants: SIGTERM, then SIGKILL whatever is left.
-
-    Flower's SuperLink starts its SuperExec and app processes in sessions of their own, so
-    signalling the process group alone would leave them running for a while.
-    """
-    tree = [process.pid, *descendants(process.pid)]
+def terminate_pids(pids: list[int], timeout: float = 15.0) -> None:
+    """SIGTERM every live pid, wait up to `timeout`, then SIGKILL whatever is left."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        living = [pid for pid in tree if is_alive(pid)]
+        living = [pid for pid in pids if is_alive(pid)]
         if not living:
-            break
+            return
         for pid in living:
             try:
                 os.kill(pid, sig)
@@ -99,11 +95,21 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
                 pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and any(is_alive(pid) for pid in living):
-            if process.poll() is None:
-                time.sleep(0.1)
-            else:
-                time.sleep(0.05)
-    process.poll()
+            time.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop `process` and all its descendants: SIGTERM, then SIGKILL whatever is left.
+
+    Flower's SuperLink starts its SuperExec and app processes in sessions of their own, so
+    signalling the process group alone would leave them running for a while. Our own child is
+    is a zombie until waited for, so a thread reaps it while we wait.
+    """
+    tree = [process.pid, *descendants(process.pid)]
+    reaper = threading.Thread(target=process.wait, daemon=True)
+    reaper.start()
+    terminate_pids(tree, timeout)
+    reaper.join(timeout=1.0)
 
 
 @contextmanager
