@@ -1,11 +1,14 @@
 """ClientApp: a thin adapter from Flower messages to `initmatters.federated.local_update`.
 
 A client needs only the message (global model, the run's settings as a flat ConfigRecord and,
-optionally, w(0)) and its node config (partition-id, num-partitions); it keeps no state.
+optionally, w(0)) and its node config (partition-id, num-partitions); it keeps no state in the
+Context. Per process it memoizes its data (`initmatters.federated.cached_client_dataset`, a pure
+function of the settings and the partition) and runs torch with one intra-op thread.
 """
 
 from __future__ import annotations
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -44,9 +47,22 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"partition": reply}), reply_to=msg)
 
 
+def single_threaded_torch() -> None:
+    """One torch intra-op thread in this client process.
+
+    The local model is tiny ([2, m, d] with n = 20 examples): more threads only add
+    synchronisation, and with several simulated clients (Ray actors) per machine they
+    oversubscribe the cores. It also makes a client's arithmetic independent of how many CPUs
+    its backend gives it (Ray sets OMP_NUM_THREADS=num_cpus in actors).
+    """
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run the local update on this node's partition and reply with the weight and metrics."""
+    single_threaded_torch()
     partition_id, num_partitions = node_partition(context)
     config = msg.content["config"]
     settings = unflatten_settings(dict(config))

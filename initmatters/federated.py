@@ -7,20 +7,24 @@ client needs nothing but the message and its partition-id.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from initmatters.alignment import noise_memorization_summary
-from initmatters.data import SignalNoiseData, fresh_test_set, signal_vector
+from initmatters.data import SignalNoiseData, fresh_test_set, sample_examples, signal_vector
 from initmatters.initialization import initial_weight
 from initmatters.model import classification_error, logistic_loss, model_from_weight
-from initmatters.partition import client_dataset, partition_true_labels, realised_heterogeneity
+from initmatters.partition import partition_true_labels, realised_heterogeneity
 from initmatters.seeding import Stream, numpy_rng, torch_generator
-from initmatters.settings import ExperimentSettings
+from initmatters.settings import DataSettings, ExperimentSettings, HeterogeneitySettings
 from initmatters.training import train_steps
 
 Scalar = bool | int | float | str
@@ -62,6 +66,96 @@ def client_schedule(num_clients: int, fraction: float, num_rounds: int, seed: in
     return [sorted(int(k) for k in rng.choice(num_clients, size=size, replace=False)) for _ in range(num_rounds)]
 
 
+# ---------------------------------------------------------------------------------------------
+# Per-process caches of client data. A client's data is a pure function of (data settings,
+# heterogeneity settings, seed, partition-id, number of partitions), so a process that trains a
+# partition again (a Ray actor in simulation, a SuperNode in deployment, a plain loop) can reuse
+# it instead of rebuilding the label partition (flwr-datasets, tens of ms for 10 clients, seconds
+# for 1000) and redrawing the features every round. Keys are the explicit (hashable, frozen)
+# arguments; the cached tensors are never written to (training only reads the features).
+
+DATA_CACHE_BYTES = 256 * 2**20  # per process: all 1000 clients of d = 1000, n = 20 (160 KB each)
+
+
+@functools.lru_cache(maxsize=4)
+def _partition_labels(
+    heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
+) -> tuple[np.ndarray, ...]:
+    labels = partition_true_labels(heterogeneity, seed, num_partitions, samples_per_client)
+    for part in labels:
+        part.setflags(write=False)
+    return tuple(labels)
+
+
+class _ClientDataCache:
+    """A least-recently-used map key -> SignalNoiseData bounded by the bytes of its tensors."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[SignalNoiseData, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> SignalNoiseData | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: tuple, data: SignalNoiseData) -> None:
+        size = sum(t.element_size() * t.nelement() for t in (data.features, data.labels, data.true_labels))
+        with self._lock:
+            if key in self._items or size > self.max_bytes:
+                return
+            self._items[key] = (data, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= evicted
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_client_data_cache = _ClientDataCache(DATA_CACHE_BYTES)
+
+
+def cached_client_dataset(
+    data: DataSettings,
+    heterogeneity: HeterogeneitySettings,
+    seed: int,
+    partition_id: int,
+    num_partitions: int,
+) -> SignalNoiseData:
+    """`initmatters.partition.client_dataset` for mu = signal_vector(data), memoized per process.
+
+    Same numbers as client_dataset (same label partition, same CLIENT_DATA stream); the label
+    partition of all clients is computed once per process instead of once per call.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
+    key = (data, heterogeneity, seed, partition_id, num_partitions)
+    cached = _client_data_cache.get(key)
+    if cached is not None:
+        return cached
+    labels = _partition_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
+    rng = numpy_rng(seed, Stream.CLIENT_DATA, partition_id)
+    signal = signal_vector(data.dim, data.signal_norm)
+    result = sample_examples(rng.permutation(labels[partition_id]), signal, data.noise_std, data.label_noise, rng)
+    _client_data_cache.put(key, result)
+    return result
+
+
+def clear_client_data_cache() -> None:
+    """Drop this process's cached client data and label partitions."""
+    _client_data_cache.clear()
+    _partition_labels.cache_clear()
+
+
 @dataclass(frozen=True)
 class ClientUpdate:
     """What a client returns: its trained weight, its sample count and summary metrics."""
@@ -89,8 +183,7 @@ def local_update(
             f"num-partitions={num_partitions} in the node config does not match the run's "
             f"fl.num_clients={settings.fl.num_clients}"
         )
-    signal = signal_vector(settings.data.dim, settings.data.signal_norm)
-    data = client_dataset(settings.data, settings.heterogeneity, settings.seed, partition_id, num_partitions, signal)
+    data = cached_client_dataset(settings.data, settings.heterogeneity, settings.seed, partition_id, num_partitions)
     model = model_from_weight(global_weight)
     train_loss = train_steps(
         model,

@@ -28,8 +28,16 @@ def train_steps(
     batch_size = 0 is full-batch gradient descent, W <- W - lr * grad L(W), the paper's local
     update; batch_size > 0 draws each mini-batch without replacement from `generator`. The
     returned loss is the full-data loss of the model after the last step.
+
+    Without momentum and weight decay the update is applied directly as `W.add_(grad,
+    alpha=-lr)`, the very operation torch.optim.SGD performs on CPU tensors (bit-identical), so
+    the client process neither builds an optimizer every round nor imports what torch.optim
+    pulls in on first use (torch._dynamo, ~150 MB per process).
     """
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    params = list(model.parameters())
+    optimizer = None
+    if momentum != 0.0 or weight_decay != 0.0:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     num_samples = int(labels.shape[0])
     full_batch = batch_size <= 0 or batch_size >= num_samples
     model.train()
@@ -39,9 +47,16 @@ def train_steps(
         else:
             index = torch.randperm(num_samples, generator=generator)[:batch_size]
             batch_x, batch_y = features[index], labels[index]
-        optimizer.zero_grad(set_to_none=True)
+        for param in params:
+            param.grad = None
         loss_fn(model(batch_x), batch_y).backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
+            continue
+        with torch.no_grad():
+            for param in params:
+                if param.grad is not None:
+                    param.add_(param.grad, alpha=-lr)
     return evaluate_loss(model, features, labels, loss_fn)
 
 
