@@ -36,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from initmatters.compose import load_settings
-from initmatters.launch import PROJECT_ROOT, flower_env, flwr_run, free_port, managed_process, terminate_pids
+from initmatters.launch import (
+    PROJECT_ROOT,
+    flower_env,
+    flwr_run,
+    free_port,
+    managed_process,
+    terminate_pids,
+    venv_script,
+)
 from initmatters.results import SUMMARY_FILE
 from initmatters.run import default_output_dir
 from initmatters.settings import SettingError
@@ -63,12 +71,6 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.summary_written and self.status == COMPLETED
-
-
-def _bin(name: str) -> str:
-    """A console script of this interpreter's environment (works without an activated venv)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def leftover_processes(workdir: Path) -> list[int]:
@@ -155,10 +157,8 @@ class LocalDeployment:
     # -- environment -------------------------------------------------------------------------
 
     def env(self, flwr_home: Path | None = None) -> dict[str, str]:
-        """Flower's environment with FLWR_HOME; the venv's bin/ first on PATH (the SuperLink and
-        SuperNodes start `flower-superexec` by name)."""
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        return flower_env(flwr_home or self.flwr_home, {"PATH": path})
+        """Flower's environment with this deployment's FLWR_HOME (or the given one)."""
+        return flower_env(flwr_home or self.flwr_home)
 
     @property
     def address(self) -> str:
@@ -168,7 +168,7 @@ class LocalDeployment:
 
     def _flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """`flwr ARGS --format json` against this SuperLink; its JSON answer (raises if unsuccessful)."""
-        command = [_bin("flwr"), *args, "--format", "json"]
+        command = [venv_script("flwr"), *args, "--format", "json"]
         completed = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout,
                                    cwd=self.workdir)
         try:
@@ -194,7 +194,7 @@ class LocalDeployment:
     def start_superlink(self) -> None:
         """flower-superlink on a free port, waited for, plus the `deploy` connection in config.toml."""
         self.port = free_port()
-        command = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        command = [venv_script("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--database", str(self.flwr_home / "state.db"), "--disable-runtime-dependency-installation"]
         if self.tls:
             command += ["--ssl-certfile", str(self.certs / "server.pem"),
@@ -227,7 +227,7 @@ class LocalDeployment:
         """flower-supernode `name` (its own FLWR_HOME and runtime port) connected to this SuperLink."""
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
-        command = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
+        command = [venv_script("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
         command += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if private_key is not None:
             command += ["--auth-supernode-private-key", str(private_key)]

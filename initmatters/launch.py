@@ -36,9 +36,12 @@ FLOWER_ENV = {
 
 
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment plus FLOWER_ENV (user values win) and FLWR_HOME."""
+    """The current environment plus FLOWER_ENV (user values win), FLWR_HOME, and this
+    interpreter's bin/ first on PATH: Flower starts flower-superexec and friends by bare name,
+    which fails when the venv is not activated (e.g. `make test`)."""
     env = {**FLOWER_ENV, **os.environ}
     env["FLWR_HOME"] = str(flwr_home)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra or {})
     return env
 
@@ -166,7 +169,7 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
     })
     runtime_dir = flwr_home / "local-superlink"
     command = [
-        _script("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        venv_script("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
         "--control-api-address", f"127.0.0.1:{control_port}", "--host", "127.0.0.1", "--port", str(http_port),
         "--disable-runtime-dependency-installation",
     ]
@@ -175,7 +178,7 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
-def _script(name: str) -> str:
+def venv_script(name: str) -> str:
     """A console script of this interpreter's environment (works without an activated venv)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
@@ -187,7 +190,7 @@ def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str,
 
     Note: `flwr run --stream` exits 0 even when the run failed; callers check the results.
     """
-    command = [_script("flwr"), "run", str(project_dir)]
+    command = [venv_script("flwr"), "run", str(project_dir)]
     if connection:
         command.append(connection)
     command += ["--run-config", " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())]

@@ -38,7 +38,7 @@ from initmatters import deploy
 from initmatters.compose import load_settings
 from initmatters.deploy import LocalDeployment, leftover_processes
 from initmatters.federated import local_update, server_setup
-from initmatters.launch import PROJECT_ROOT, descendants, stop_process
+from initmatters.launch import PROJECT_ROOT, descendants, flower_env, stop_process
 from initmatters.results import read_rounds_csv
 from server_app.app import (
     ResumableFedAvg,
@@ -316,7 +316,7 @@ def scenario_tls_auth(tmp: Path) -> dict:
                  "--root-certificates", str(workdir / "certificates" / "ca.crt"),
                  "--auth-supernode-private-key", str(rogue_key), "--port", str(deploy.free_port()),
                  "--node-config", "partition-id=1 num-partitions=2"],
-                env={**os.environ, "FLWR_HOME": str(rogue_home)}, stdout=log, stderr=subprocess.STDOUT,
+                env=flower_env(rogue_home), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         rogue_code = rogue.wait(timeout=120)
         stdout, stderr = launcher.communicate(timeout=500)
