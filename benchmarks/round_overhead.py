@@ -48,6 +48,12 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler. A threaded BLAS call in
+# the ServerApp thread (server_setup draws the test set with `noise @ direction`) that overlaps a
+# fork in ray.init (Ray starts its processes with a preexec_fn, i.e. a real fork) then spins
+# forever in exec_blas; this hung one 1000-client run. One OpenBLAS thread avoids the pool (same
+# numbers: the actors run with OMP_NUM_THREADS=1 anyway). Must be set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
@@ -282,8 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "max_direct_call_object_size); 0 = Ray's default (100 KiB)")
     parser.add_argument("--pull-interval", type=float, default=None,
                         help="what-if: set the InMemoryGrid pull interval (Flower default 0.1 s)")
-    parser.add_argument("--driver-threads", type=int, default=0,
-                        help="torch.set_num_threads in this (server/plain) process; 0 = leave torch's default")
+    parser.add_argument("--driver-threads", type=int, default=1,
+                        help="torch.set_num_threads in this process (the ServerApp's central evaluation and the "
+                             "plain loop); default 1, as every client actor; 0 = torch's default (one per core)")
     parser.add_argument("--overrides", default="", help="extra Hydra overrides, e.g. 'init=pretrained'")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the simulation writes its results (default: a temporary folder)")
@@ -336,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         flower_final = torch.load(output_dir / "model_final.pt", weights_only=True)["weight"]
 
     if not args.skip_plain:
-        sampler.phase("plain")
+        sampler.phase("plain-after")  # Ray's processes may still be exiting: not the plain loop's peak
         times, _ = plain_fedavg(settings, setup, plain_rounds)
         plain_times += steady(times, args.warmup)
     sampler.stop()
