@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from initmatters.alignment import noise_memorization_summary
-from initmatters.data import SignalNoiseData, fresh_test_set, sample_examples, signal_vector
+from initmatters.data import SignalNoiseData, fresh_test_set, signal_vector
 from initmatters.initialization import initial_weight
 from initmatters.model import classification_error, logistic_loss, model_from_weight
-from initmatters.partition import partition_true_labels, realised_heterogeneity
+from initmatters.partition import examples_for_labels, partition_true_labels, realised_heterogeneity
 from initmatters.seeding import Stream, numpy_rng, torch_generator
 from initmatters.settings import DataSettings, ExperimentSettings, HeterogeneitySettings
 from initmatters.training import train_steps
@@ -143,9 +143,8 @@ def cached_client_dataset(
     if cached is not None:
         return cached
     labels = _partition_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
-    rng = numpy_rng(seed, Stream.CLIENT_DATA, partition_id)
     signal = signal_vector(data.dim, data.signal_norm)
-    result = sample_examples(rng.permutation(labels[partition_id]), signal, data.noise_std, data.label_noise, rng)
+    result = examples_for_labels(data, seed, partition_id, labels[partition_id], signal)
     _client_data_cache.put(key, result)
     return result
 

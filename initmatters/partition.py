@@ -141,7 +141,12 @@ def client_dataset(
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
     labels = partition_true_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
+    return examples_for_labels(data, seed, partition_id, labels[partition_id], signal)
+
+
+def examples_for_labels(
+    data: DataSettings, seed: int, partition_id: int, true_labels: np.ndarray, signal: torch.Tensor
+) -> SignalNoiseData:
+    """Client `partition_id`'s examples for its true labels, from its own CLIENT_DATA stream."""
     rng = numpy_rng(seed, Stream.CLIENT_DATA, partition_id)
-    return sample_examples(
-        rng.permutation(labels[partition_id]), signal, data.noise_std, data.label_noise, rng
-    )
+    return sample_examples(rng.permutation(true_labels), signal, data.noise_std, data.label_noise, rng)
