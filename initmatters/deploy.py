@@ -14,9 +14,17 @@ checkpoint the ServerApp writes after every round.
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":
+    # Before anything imports numpy (the imports below do): one OpenBLAS thread, unless the user
+    # chose otherwise. NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler, so
+    # a threaded BLAS call that overlaps a fork (ray.init) spins forever; this hung a run once
+    # (benchmarks/README.md, recommendation 5). Children (SuperLink, SuperNodes) inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil

@@ -12,6 +12,15 @@ is accepted as a synonym of `experiment=` (the group is declared in conf/config.
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":
+    # Before anything imports numpy (the imports below do): one OpenBLAS thread, unless the user
+    # chose otherwise. NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler, so
+    # a threaded BLAS call that overlaps a fork (ray.init) spins forever; this hung a run once
+    # (benchmarks/README.md, recommendation 5). Children (SuperLink, SuperNodes) inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import sys
 from pathlib import Path
 
@@ -46,8 +55,6 @@ def normalized_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    import os
-
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     sys.argv = normalized_argv(sys.argv)
