@@ -10,77 +10,104 @@ device.
 
 from __future__ import annotations
 
-import datasets
+import functools
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
 
 from initmatters.data import SignalNoiseData, balanced_labels, sample_examples
 from initmatters.seeding import Stream, int_seed, numpy_rng
 from initmatters.settings import DataSettings, HeterogeneitySettings
 
+if TYPE_CHECKING:
+    import datasets
+    from flwr_datasets.partitioner import Partitioner
+
+# `datasets` and `flwr_datasets` are imported where they are used, not here: flwr_datasets'
+# package __init__ imports its plotting helpers and with them seaborn and scipy (about 1.3 s of
+# the 3 s this module took to import), which every process importing this module paid, each
+# ClientApp process in deployment included. LabelSkewPartitioner subclasses flwr-datasets'
+# Partitioner, so that class is built on first use (module __getattr__), once per process.
+
 LABEL_COLUMN = "label"
 
 
-class LabelSkewPartitioner(Partitioner):
-    """Binary label skew with an exact heterogeneity level h in [0, 1].
+def label_skew_split(labels: np.ndarray, num_partitions: int, h: float) -> list[np.ndarray]:
+    """Indices into `labels` of each client's examples under label skew h (LabelSkewPartitioner)."""
+    if num_partitions % 2:
+        raise ValueError(f"LabelSkewPartitioner needs an even num_partitions, got {num_partitions}")
+    size, remainder = divmod(labels.shape[0], num_partitions)
+    if remainder:
+        raise ValueError("LabelSkewPartitioner needs a pool size divisible by num_partitions")
+    majority = int(round(size * (1.0 + h) / 2.0))
+    remaining = {+1: list(np.flatnonzero(labels == 1)), -1: list(np.flatnonzero(labels == -1))}
+    split = []
+    for k in range(num_partitions):
+        major = +1 if k % 2 == 0 else -1
+        take = {major: majority, -major: size - majority}
+        part = []
+        for label, count in take.items():
+            if count > len(remaining[label]):
+                raise ValueError("LabelSkewPartitioner needs a balanced pool of labels")
+            part += remaining[label][:count]
+            del remaining[label][:count]
+        split.append(np.sort(np.asarray(part, dtype=np.int64)))
+    return split
 
-    Client k holds round(n (1 + h) / 2) samples of its majority label (+1 for even k, -1 for
-    odd k) and the rest of the other label, so |n+ - n-| / n = h for every client when
-    n (1 + h) / 2 is an integer (otherwise the nearest realisable value). Needs an even number
-    of partitions and a balanced pool of num_partitions * n labels in {-1, +1}.
-    """
 
-    def __init__(self, num_partitions: int, h: float, partition_by: str = LABEL_COLUMN) -> None:
-        super().__init__()
-        if num_partitions % 2:
-            raise ValueError(f"LabelSkewPartitioner needs an even num_partitions, got {num_partitions}")
-        self._num_partitions = num_partitions
-        self._h = h
-        self._partition_by = partition_by
-        self._indices: list[np.ndarray] | None = None
+@functools.cache
+def _label_skew_partitioner_class() -> type[Partitioner]:
+    from flwr_datasets.partitioner import Partitioner
 
-    @property
-    def num_partitions(self) -> int:
-        return self._num_partitions
+    class LabelSkewPartitioner(Partitioner):
+        """Binary label skew with an exact heterogeneity level h in [0, 1].
 
-    def load_partition(self, partition_id: int) -> datasets.Dataset:
-        if self._indices is None:
-            self._indices = self._split()
-        return self.dataset.select(self._indices[partition_id].tolist())
+        Client k holds round(n (1 + h) / 2) samples of its majority label (+1 for even k, -1 for
+        odd k) and the rest of the other label, so |n+ - n-| / n = h for every client when
+        n (1 + h) / 2 is an integer (otherwise the nearest realisable value). Needs an even number
+        of partitions and a balanced pool of num_partitions * n labels in {-1, +1}.
+        """
 
-    def _split(self) -> list[np.ndarray]:
-        labels = np.asarray(self.dataset[self._partition_by])
-        size, remainder = divmod(labels.shape[0], self._num_partitions)
-        if remainder:
-            raise ValueError("LabelSkewPartitioner needs a pool size divisible by num_partitions")
-        majority = int(round(size * (1.0 + self._h) / 2.0))
-        remaining = {+1: list(np.flatnonzero(labels == 1)), -1: list(np.flatnonzero(labels == -1))}
-        split = []
-        for k in range(self._num_partitions):
-            major = +1 if k % 2 == 0 else -1
-            take = {major: majority, -major: size - majority}
-            part = []
-            for label, count in take.items():
-                if count > len(remaining[label]):
-                    raise ValueError("LabelSkewPartitioner needs a balanced pool of labels")
-                part += remaining[label][:count]
-                del remaining[label][:count]
-            split.append(np.sort(np.asarray(part, dtype=np.int64)))
-        return split
+        def __init__(self, num_partitions: int, h: float, partition_by: str = LABEL_COLUMN) -> None:
+            super().__init__()
+            if num_partitions % 2:
+                raise ValueError(f"LabelSkewPartitioner needs an even num_partitions, got {num_partitions}")
+            self._num_partitions = num_partitions
+            self._h = h
+            self._partition_by = partition_by
+            self._indices: list[np.ndarray] | None = None
+
+        @property
+        def num_partitions(self) -> int:
+            return self._num_partitions
+
+        def load_partition(self, partition_id: int) -> datasets.Dataset:
+            if self._indices is None:
+                labels = np.asarray(self.dataset[self._partition_by])
+                self._indices = label_skew_split(labels, self._num_partitions, self._h)
+            return self.dataset.select(self._indices[partition_id].tolist())
+
+    LabelSkewPartitioner.__module__ = __name__  # so it pickles as initmatters.partition.LabelSkewPartitioner
+    LabelSkewPartitioner.__qualname__ = "LabelSkewPartitioner"
+    return LabelSkewPartitioner
+
+
+def __getattr__(name: str) -> Any:
+    """`initmatters.partition.LabelSkewPartitioner`, built on first access (see above)."""
+    if name == "LabelSkewPartitioner":
+        return _label_skew_partitioner_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_partitioner(heterogeneity: HeterogeneitySettings, num_partitions: int, seed: int) -> Partitioner:
     """The flwr-datasets partitioner of a heterogeneity scheme (not yet given a dataset)."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
     if heterogeneity.name == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if heterogeneity.name == "label_skew":
-        return LabelSkewPartitioner(num_partitions, heterogeneity.h)
+        return _label_skew_partitioner_class()(num_partitions, heterogeneity.h)
     partitioner_seed = int_seed(seed, Stream.PARTITIONER) % (2**32)
     if heterogeneity.name == "dirichlet":
         return DirichletPartitioner(
@@ -108,6 +135,8 @@ def partition_true_labels(
     heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
 ) -> list[np.ndarray]:
     """True labels y_hat of every client, list of int arrays (client k's in position k)."""
+    import datasets
+
     pool = balanced_labels(num_partitions * samples_per_client, numpy_rng(seed, Stream.LABEL_POOL))
     partitioner = make_partitioner(heterogeneity, num_partitions, seed)
     partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist()})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+
 import datasets
 import numpy as np
 import pytest
@@ -173,3 +177,23 @@ def test_client_dataset_differs_across_partitions_and_seeds() -> None:
 def test_client_dataset_rejects_out_of_range_partition(partition_id: int) -> None:
     with pytest.raises(ValueError, match="partition-id"):
         client_dataset(_data_settings(), SCHEMES["iid"], 0, partition_id, K, signal_vector(15, 1.5))
+
+
+def test_import_does_not_load_flwr_datasets() -> None:
+    """flwr_datasets pulls seaborn and scipy (~1.3 s): imported only when a partition is made."""
+    code = "import sys, initmatters.partition; print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert completed.stdout.strip() == "[]"
+
+
+def test_label_skew_partitioner_is_one_flwr_datasets_partitioner_class() -> None:
+    from flwr_datasets.partitioner import Partitioner
+
+    from initmatters import partition
+
+    assert issubclass(LabelSkewPartitioner, Partitioner)
+    assert partition.LabelSkewPartitioner is LabelSkewPartitioner
+    assert type(make_partitioner(SCHEMES["label_skew"], K, seed=0)) is LabelSkewPartitioner
+    assert pickle.loads(pickle.dumps(LabelSkewPartitioner(K, 0.5))).num_partitions == K
+    with pytest.raises(AttributeError):
+        _ = partition.NoSuchName
