@@ -2,7 +2,8 @@
 
 All schemes split one balanced pool of K * n true labels (so the union of the clients' data is
 always balanced) with a flwr-datasets Partitioner; `LabelSkewPartitioner` is this project's
-scheme that realises the heterogeneity measure h exactly. A client's features are then drawn
+scheme that realises the heterogeneity measure h exactly (partition_true_labels calls its split,
+`label_skew_split`, directly: same labels, no datasets/flwr_datasets import). A client's features are then drawn
 from its own random stream, so a partition is a pure function of
 (seed, partition id, number of partitions, settings) and is identical in simulation and on a
 device.
@@ -135,9 +136,13 @@ def partition_true_labels(
     heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
 ) -> list[np.ndarray]:
     """True labels y_hat of every client, list of int arrays (client k's in position k)."""
+    pool = balanced_labels(num_partitions * samples_per_client, numpy_rng(seed, Stream.LABEL_POOL))
+    if heterogeneity.name == "label_skew":
+        # LabelSkewPartitioner's own split, without a datasets.Dataset: the same labels, and a
+        # process (a ClientApp in deployment) need not import datasets and flwr_datasets (~2 s).
+        return [pool[indices].astype(np.int64) for indices in label_skew_split(pool, num_partitions, heterogeneity.h)]
     import datasets
 
-    pool = balanced_labels(num_partitions * samples_per_client, numpy_rng(seed, Stream.LABEL_POOL))
     partitioner = make_partitioner(heterogeneity, num_partitions, seed)
     partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist()})
     return [

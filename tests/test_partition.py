@@ -21,6 +21,7 @@ from initmatters.partition import (
     partition_true_labels,
     realised_heterogeneity,
 )
+from initmatters.seeding import Stream, numpy_rng
 from initmatters.settings import DataSettings, HeterogeneitySettings
 
 # flwr-datasets warns each time it resamples a Dirichlet draw below min_partition_size.
@@ -197,3 +198,26 @@ def test_label_skew_partitioner_is_one_flwr_datasets_partitioner_class() -> None
     assert pickle.loads(pickle.dumps(LabelSkewPartitioner(K, 0.5))).num_partitions == K
     with pytest.raises(AttributeError):
         _ = partition.NoSuchName
+
+
+@pytest.mark.parametrize("h", [0.0, 0.3, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("seed", [0, 5])
+def test_label_skew_labels_equal_those_of_the_flwr_datasets_partitioner(h: float, seed: int) -> None:
+    """partition_true_labels takes label_skew's split directly; LabelSkewPartitioner gives the same labels."""
+    expected = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), seed, K, N)
+    pool = balanced_labels(K * N, numpy_rng(seed, Stream.LABEL_POOL))
+    partitioner = LabelSkewPartitioner(K, h)
+    partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist()})
+    for k in range(K):
+        labels = np.asarray(partitioner.load_partition(k)[LABEL_COLUMN], dtype=np.int64)
+        assert expected[k].dtype == labels.dtype
+        np.testing.assert_array_equal(expected[k], labels)
+
+
+def test_label_skew_labels_need_neither_datasets_nor_flwr_datasets() -> None:
+    code = ("import sys; from initmatters.partition import partition_true_labels; "
+            "from initmatters.settings import HeterogeneitySettings; "
+            "partition_true_labels(HeterogeneitySettings(name='label_skew', h=0.5), 0, 10, 20); "
+            "print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert completed.stdout.strip() == "[]"
