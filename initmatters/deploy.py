@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from initmatters.compose import load_settings
 from initmatters.launch import (
     PROJECT_ROOT,
     flower_env,
@@ -54,8 +53,7 @@ from initmatters.launch import (
     venv_script,
 )
 from initmatters.results import SUMMARY_FILE
-from initmatters.run import default_output_dir
-from initmatters.settings import SettingError
+from initmatters.run import default_output_dir, load_settings_or_report
 
 CONNECTION = "deploy"  # the [superlink.deploy] connection written to the SuperLink's FLWR_HOME
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"
@@ -360,11 +358,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        settings, resolved_yaml = load_settings(args.overrides)
-    except SettingError as error:
-        print(f"error: {error}", file=sys.stderr)
+    loaded = load_settings_or_report(args.overrides)
+    if loaded is None:
         return 2
+    settings, resolved_yaml = loaded
     problem = None
     if args.nodes != settings.fl.num_clients:
         problem = (f"--nodes={args.nodes} but fl.num_clients={settings.fl.num_clients}: they must be equal "

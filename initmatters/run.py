@@ -20,6 +20,7 @@ if __name__ == "__main__":
 
 import argparse
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 from initmatters.compose import load_settings
 from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run, simulation_superlink
 from initmatters.results import SUMMARY_FILE
-from initmatters.settings import SettingError
+from initmatters.settings import ExperimentSettings, SettingError
 
 
 def default_output_dir() -> Path:
@@ -46,13 +47,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def load_settings_or_report(overrides: Sequence[str]) -> tuple[ExperimentSettings, str] | None:
+    """load_settings(overrides) (settings, resolved YAML); on a bad setting, print its one-line
+    `error: ...` to stderr and return None (the command line then exits 2)."""
     try:
-        settings, _ = load_settings(args.overrides)
+        return load_settings(overrides)
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    loaded = load_settings_or_report(args.overrides)
+    if loaded is None:
         return 2
+    settings, _ = loaded
     output_dir = (args.output_dir or default_output_dir()).resolve()
     if (output_dir / SUMMARY_FILE).exists():
         print(f"error: --output-dir={output_dir} already holds a finished run: choose another folder", file=sys.stderr)
