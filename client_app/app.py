@@ -1,21 +1,27 @@
-"""ClientApp: a thin adapter from Flower messages to `initmatters.federated.local_update`.
+"""ClientApp: a thin adapter from Flower messages to `initmatters.tasks.local_update`.
 
-A client needs only the message (global model, the run's settings as a flat ConfigRecord and,
-optionally, w(0)) and its node config (partition-id, num-partitions); it keeps no state in the
-Context. Per process it memoizes its data (`initmatters.federated.cached_client_dataset`, a pure
-function of the settings and the partition) and runs torch with one intra-op thread.
+A client needs only the message (global model as a state dict, the run's settings as a flat
+ConfigRecord and, optionally, w(0)) and its node config (partition-id, num-partitions and, for
+image data kept at a node-specific place, data-dir); it keeps no state in the Context. Per
+process it memoizes its data (a pure function of the settings and the partition) and runs torch
+with one intra-op thread.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from initmatters.federated import local_update, unflatten_settings
-from strategies.alignment_fedavg import INIT_ARRAYS_KEY, arrays_to_weight, weight_to_arrays
+from initmatters.federated import unflatten_settings
+from initmatters.settings import ExperimentSettings
+from initmatters.tasks import local_update
+from strategies.alignment_fedavg import INIT_ARRAYS_KEY, arrays_to_state, state_to_arrays
 
 PARTITION_KEYS = ("partition-id", "num-partitions")
+DATA_DIR_KEY = "data-dir"  # optional node config: this node's local copy of an image dataset
 
 app = ClientApp()
 
@@ -59,21 +65,33 @@ def single_threaded_torch() -> None:
         torch.set_num_threads(1)
 
 
+def with_node_data_dir(settings: ExperimentSettings, context: Context) -> ExperimentSettings:
+    """The run's settings with data.data_dir replaced by this node's `data-dir`, when it has one.
+
+    In a deployment every device may keep its copy of the dataset elsewhere; the partition a
+    node trains is still fixed by partition-id (the rows are the same in every copy).
+    """
+    data_dir = context.node_config.get(DATA_DIR_KEY)
+    if data_dir is None or not settings.image_task:
+        return settings
+    return dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=str(data_dir)))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run the local update on this node's partition and reply with the weight and metrics."""
+    """Run the local update on this node's partition and reply with the state dict and metrics."""
     single_threaded_torch()
     partition_id, num_partitions = node_partition(context)
     config = msg.content["config"]
-    settings = unflatten_settings(dict(config))
+    settings = with_node_data_dir(unflatten_settings(dict(config)), context)
     init_record = msg.content.get(INIT_ARRAYS_KEY)
     update = local_update(
         settings,
         partition_id,
         num_partitions,
-        global_weight=arrays_to_weight(msg.content["arrays"]),
-        init_weight=arrays_to_weight(init_record) if init_record is not None else None,
+        global_state=arrays_to_state(msg.content["arrays"]),
+        init_state=arrays_to_state(init_record) if init_record is not None else None,
         server_round=int(config["server-round"]),
     )
     metrics = MetricRecord({**update.metrics, "num-examples": update.num_examples})
-    return Message(RecordDict({"arrays": weight_to_arrays(update.weight), "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({"arrays": state_to_arrays(update.state), "metrics": metrics}), reply_to=msg)

@@ -87,16 +87,21 @@ def _partition_labels(
     return tuple(labels)
 
 
-class _ClientDataCache:
-    """A least-recently-used map key -> SignalNoiseData bounded by the bytes of its tensors."""
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Bytes held by the elements of `tensors`."""
+    return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+class ClientDataCache:
+    """A thread-safe least-recently-used map key -> client data, bounded by the data's bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[SignalNoiseData, int]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> SignalNoiseData | None:
+    def get(self, key: tuple) -> Any | None:
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -104,8 +109,8 @@ class _ClientDataCache:
             self._items.move_to_end(key)
             return item[0]
 
-    def put(self, key: tuple, data: SignalNoiseData) -> None:
-        size = sum(t.element_size() * t.nelement() for t in (data.features, data.labels, data.true_labels))
+    def put(self, key: tuple, data: Any, size: int) -> None:
+        """Keep `data` (of `size` bytes) unless it alone exceeds the bound; evict the oldest."""
         with self._lock:
             if key in self._items or size > self.max_bytes:
                 return
@@ -121,7 +126,7 @@ class _ClientDataCache:
             self._bytes = 0
 
 
-_client_data_cache = _ClientDataCache(DATA_CACHE_BYTES)
+_client_data_cache = ClientDataCache(DATA_CACHE_BYTES)
 
 
 def cached_client_dataset(
@@ -145,7 +150,7 @@ def cached_client_dataset(
     labels = _partition_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
     signal = signal_vector(data.dim, data.signal_norm)
     result = examples_for_labels(data, seed, partition_id, labels[partition_id], signal)
-    _client_data_cache.put(key, result)
+    _client_data_cache.put(key, result, tensor_bytes(result.features, result.labels, result.true_labels))
     return result
 
 
@@ -221,6 +226,7 @@ class ServerSetup:
     test: SignalNoiseData
     realised_h: float
     client_sizes: list[int]
+    label_counts: np.ndarray  # [K, 2]: examples with true label +1 and -1 held by each client
     schedule: list[list[int]]
 
 
@@ -238,6 +244,7 @@ def server_setup(settings: ExperimentSettings) -> ServerSetup:
         ),
         realised_h=realised_heterogeneity(labels),
         client_sizes=[int(part.shape[0]) for part in labels],
+        label_counts=np.array([[int((part == 1).sum()), int((part == -1).sum())] for part in labels], dtype=np.int64),
         schedule=client_schedule(
             settings.fl.num_clients, settings.fl.fraction_train, settings.fl.num_rounds, settings.seed
         ),

@@ -2,12 +2,14 @@
 
 <output_dir>/
   config.yaml      the resolved settings
-  rounds.csv       one row per round (round 0 = the initial model), columns ROUND_COLUMNS
+  rounds.csv       one row per round (round 0 = the initial model); columns ROUND_COLUMNS for
+                   the synthetic task, the image task's own (initmatters.vision.task)
   summary.json     final metrics, realised h, wall time, package versions (written last)
-  model_init.pt    state dict {"weight": [2, m, d]} before round 1
-  model_final.pt   state dict {"weight": [2, m, d]} after the last round
-  signal.pt        mu, a 1-D tensor [d]
-  plots/*.png      figures made from rounds.csv alone
+  partition.json   per-client sizes and label histograms [K, C] and the heterogeneity H
+  model_init.pt    state dict before round 1 (synthetic: {"weight": [2, m, d]})
+  model_final.pt   state dict after the last round
+  signal.pt        synthetic task: mu, a 1-D tensor [d]
+  plots/*.png      figures made from rounds.csv and partition.json alone
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash never leaves a half-written file.
@@ -22,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ ROUND_COLUMNS = (
     "gamma_misaligned_init_mean",
     "rho_same_mean",
     "rho_other_mean",
+    "update_diversity",
     "clients",
     "elapsed_s",
 )
@@ -96,7 +99,12 @@ def save_tensor_atomic(path: Path, obj: Any) -> None:
 
 def save_weight(path: Path, weight: torch.Tensor) -> None:
     """Save a [2, m, d] weight as the state dict {"weight": ...} of TwoLayerReluCNN."""
-    save_tensor_atomic(path, {WEIGHT_KEY: weight.detach().cpu().clone()})
+    save_state(path, {WEIGHT_KEY: weight})
+
+
+def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Save a model's state dict (CPU copies, names in order) atomically."""
+    save_tensor_atomic(path, {key: value.detach().cpu().clone() for key, value in state.items()})
 
 
 def format_cell(value: Any) -> str:
@@ -108,16 +116,16 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def rounds_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    """rounds.csv content for `rows` (dicts keyed by ROUND_COLUMNS; extra keys are an error)."""
+def rounds_csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = ROUND_COLUMNS) -> str:
+    """rounds.csv content for `rows` (dicts keyed by `columns`; extra keys are an error)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ROUND_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        unknown = set(row) - set(ROUND_COLUMNS)
+        unknown = set(row) - set(columns)
         if unknown:
             raise KeyError(f"rounds.csv has no column(s) {sorted(unknown)}")
-        writer.writerow([format_cell(row.get(column)) for column in ROUND_COLUMNS])
+        writer.writerow([format_cell(row.get(column)) for column in columns])
     return buffer.getvalue()
 
 
@@ -146,8 +154,9 @@ class RoundLog:
     """
 
     def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, columns: Sequence[str] = ROUND_COLUMNS) -> None:
         self.path = path
+        self.columns = tuple(columns)
         self.num_rounds = num_rounds
         self.rows: list[dict[str, Any]] = []
         self._pending: dict[int, dict[str, Any]] = {}
@@ -157,14 +166,14 @@ class RoundLog:
 
     def add_train(self, server_round: int, metrics: Mapping[str, Any]) -> None:
         self._pending.setdefault(server_round, {}).update(
-            {key: value for key, value in metrics.items() if key in ROUND_COLUMNS})
+            {key: value for key, value in metrics.items() if key in self.columns})
 
     def add_eval(self, server_round: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         elapsed = self._clock() - self._start
         row = {**self._pending.pop(server_round, {}), **metrics, "round": server_round,
                "elapsed_s": round(elapsed, 3)}
         self.rows.append(row)
-        write_text_atomic(self.path, rounds_csv_text(self.rows))
+        write_text_atomic(self.path, rounds_csv_text(self.rows, self.columns))
         self._report(self._progress(row, elapsed))
         return row
 
@@ -172,5 +181,7 @@ class RoundLog:
         done = int(row["round"])
         left = elapsed / done * (self.num_rounds - done) if done else float("nan")
         eta = f"~{left:.1f}s left" if done else "starting"
+        alignment = (f"misaligned {row['misaligned']}" if "misaligned" in row
+                     else f"conv1_pc_energy {row.get('conv1_pc_energy', float('nan')):.4f}")
         return (f"round {done}/{self.num_rounds} | test_error {row.get('test_error', float('nan')):.4f} "
-                f"| misaligned {row.get('misaligned', '?')} | {elapsed:.1f}s elapsed, {eta}")
+                f"| {alignment} | {elapsed:.1f}s elapsed, {eta}")

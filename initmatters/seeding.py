@@ -25,6 +25,10 @@ class Stream(IntEnum):
     PARTITIONER = 6
     LOCAL_BATCHES = 7
     CLIENT_SAMPLING = 8
+    PROXY_SPLIT = 9  # image task: the server's proxy share of the train split
+    TEST_SUBSET = 10  # image task: data.test_samples > 0
+    AUGMENT = 11  # image task: training augmentation of a client's round
+    ALIGNMENT_BASIS = 12  # image task: patches of the ResNet first-layer proxy
 
 
 def _entropy(seed: int, stream: Stream, index: tuple[int, ...]) -> list[int]:

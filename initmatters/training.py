@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def train_steps(
@@ -22,31 +23,49 @@ def train_steps(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     generator: torch.Generator | None = None,
+    transform: BatchTransform | None = None,
+    device: torch.device | str | None = None,
+    eval_batch_size: int = 0,
 ) -> float:
     """Run `steps` (S)GD steps on (features, labels) in place and return the final loss.
 
-    batch_size = 0 is full-batch gradient descent, W <- W - lr * grad L(W), the paper's local
-    update; batch_size > 0 draws each mini-batch without replacement from `generator`. The
-    returned loss is the full-data loss of the model after the last step.
+    batch_size = 0 (or >= n) is full-batch gradient descent, W <- W - lr * grad L(W), the
+    paper's local update. batch_size > 0 is mini-batch SGD over epochs: each epoch is a fresh
+    permutation of the n examples drawn from `generator`, cut into consecutive batches of
+    `batch_size` (the last one holds n mod batch_size when that is not 0), so ceil(n /
+    batch_size) steps make one epoch.
+
+    transform: applied to every training batch (e.g. augmentation), never to the final loss.
+    device: where the model and the batches live during training (the model is moved there;
+    the data stay where they are and batches are copied); None = the model's own device.
+    eval_batch_size: examples per forward pass of the final loss (0 = all at once); the loss is
+    the mean over all n examples either way, in eval mode and without the transform.
 
     Without momentum and weight decay the update is applied directly as `W.add_(grad,
-    alpha=-lr)`, the very operation torch.optim.SGD performs on CPU tensors (bit-identical), so
-    the client process neither builds an optimizer every round nor imports what torch.optim
-    pulls in on first use (torch._dynamo, ~150 MB per process).
+    alpha=-lr)`, the very operation torch.optim.SGD performs (bit-identical), so the client
+    process neither builds an optimizer every round nor imports what torch.optim pulls in on
+    first use (torch._dynamo, ~150 MB per process).
     """
+    if device is not None:
+        model.to(device)
+    target = next(model.parameters()).device
     params = list(model.parameters())
     optimizer = None
     if momentum != 0.0 or weight_decay != 0.0:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     num_samples = int(labels.shape[0])
     full_batch = batch_size <= 0 or batch_size >= num_samples
+    batches = None if full_batch else epoch_batches(num_samples, batch_size, generator)
     model.train()
     for _ in range(steps):
-        if full_batch:
+        if batches is None:
             batch_x, batch_y = features, labels
         else:
-            index = torch.randperm(num_samples, generator=generator)[:batch_size]
+            index = next(batches)
             batch_x, batch_y = features[index], labels[index]
+        batch_x, batch_y = batch_x.to(target, non_blocking=True), batch_y.to(target, non_blocking=True)
+        if transform is not None:
+            batch_x = transform(batch_x)
         for param in params:
             param.grad = None
         loss_fn(model(batch_x), batch_y).backward()
@@ -57,11 +76,39 @@ def train_steps(
             for param in params:
                 if param.grad is not None:
                     param.add_(param.grad, alpha=-lr)
-    return evaluate_loss(model, features, labels, loss_fn)
+    return evaluate_loss(model, features, labels, loss_fn, batch_size=eval_batch_size)
+
+
+def epoch_batches(num_samples: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Endless mini-batch indices: consecutive slices of a fresh permutation per epoch."""
+    while True:
+        order = torch.randperm(num_samples, generator=generator)
+        yield from torch.split(order, batch_size)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    """ceil(n / batch_size) steps make one pass over n examples (1 for full-batch GD)."""
+    if batch_size <= 0 or batch_size >= num_samples:
+        return 1
+    return -(-num_samples // batch_size)
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn) -> float:
-    """Loss of `model` on the whole of (features, labels)."""
+def evaluate_loss(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn, *, batch_size: int = 0
+) -> float:
+    """Mean loss of `model` (eval mode) over all of (features, labels), `batch_size` at a time.
+
+    loss_fn must return a mean over its batch; chunks are weighted by their size.
+    """
     model.eval()
-    return float(loss_fn(model(features), labels))
+    target = next(model.parameters()).device
+    num_samples = int(labels.shape[0])
+    if batch_size <= 0 or batch_size >= num_samples:
+        return float(loss_fn(model(features.to(target)), labels.to(target)))
+    total = 0.0
+    for start in range(0, num_samples, batch_size):
+        chunk_x = features[start:start + batch_size].to(target)
+        chunk_y = labels[start:start + batch_size].to(target)
+        total += float(loss_fn(model(chunk_x), chunk_y)) * int(chunk_y.shape[0])
+    return total / num_samples

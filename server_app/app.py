@@ -1,5 +1,8 @@
 """ServerApp: builds w(0), runs AlignmentTrackingFedAvg and writes the results contract.
 
+Task-agnostic: `initmatters.tasks.server_setup` gives w(0) as a state dict and the task's
+per-round measurements (synthetic data or real images, chosen by the settings).
+
 `flwr run .` reaches `app` with run_config {"overrides": "<hydra overrides>", "output-dir": ...};
 Python launchers (sweeps, tests) build an app for already-validated settings with
 `build_server_app`. Both end in `run_federated`.
@@ -16,10 +19,9 @@ from __future__ import annotations
 
 import numbers
 import platform
-import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from importlib import metadata
 from logging import INFO
@@ -32,23 +34,26 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from initmatters.compose import load_settings
-from initmatters.federated import central_metrics, finite_or_none, flatten_settings, server_setup
+from initmatters.federated import finite_or_none, flatten_settings
 from initmatters.plots import plot_run
 from initmatters.results import (
     SUMMARY_FILE,
     RoundLog,
+    save_state,
     save_tensor_atomic,
-    save_weight,
     write_json_atomic,
     write_text_atomic,
 )
 from initmatters.settings import ExperimentSettings
-from strategies.alignment_fedavg import AlignmentTrackingFedAvg, arrays_to_weight, weight_to_arrays
+from initmatters.tasks import server_setup
+from strategies.alignment_fedavg import arrays_to_state, state_to_arrays
+from strategies.resumable_fedavg import ResumableFedAvg, error_reason
 
 VERSIONED_PACKAGES = ("torch", "flwr", "flwr-datasets", "hydra-core", "numpy", "datasets")
 QUERY_TIMEOUT_S = 120.0
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
+PARTITION_FILE = "partition.json"
 
 
 def _report(message: str) -> None:
@@ -58,13 +63,6 @@ def _report(message: str) -> None:
 def default_output_dir() -> Path:
     """outputs/<date>/<time> under the working directory of the process running the ServerApp."""
     return Path.cwd() / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
-
-
-def error_reason(message: Message) -> str:
-    """A reply error's reason on one line, without Flower's "<class 'E'>:<'...'>" wrapping."""
-    reason = " ".join(message.error.reason.split())
-    match = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", reason)
-    return match.group(1) if match else reason
 
 
 def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int, int]:
@@ -112,20 +110,26 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
-def save_checkpoint(output_dir: Path, server_round: int, weight: torch.Tensor, init_weight: torch.Tensor,
-                    rows: list[dict[str, Any]], resolved_config_yaml: str) -> None:
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in state.items()}
+
+
+def save_checkpoint(output_dir: Path, server_round: int, state: Mapping[str, torch.Tensor],
+                    init_state: Mapping[str, torch.Tensor], rows: list[dict[str, Any]],
+                    resolved_config_yaml: str) -> None:
     """Write the checkpoint of `server_round` atomically (a crash leaves the previous one intact)."""
-    state = {
+    checkpoint = {
         "round": server_round,
-        "weight": weight.detach().cpu().clone(),
-        "init_weight": init_weight.detach().cpu().clone(),
+        "state": _cpu_copy(state),
+        "init_state": _cpu_copy(init_state),
         "rows": [{key: _plain(value) for key, value in row.items()} for row in rows],
         "config_yaml": resolved_config_yaml,
     }
-    save_tensor_atomic(checkpoint_path(output_dir), state)
+    save_tensor_atomic(checkpoint_path(output_dir), checkpoint)
 
 
-def load_checkpoint(output_dir: Path, resolved_config_yaml: str, init_weight: torch.Tensor) -> dict[str, Any]:
+def load_checkpoint(output_dir: Path, resolved_config_yaml: str,
+                    init_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The checkpoint in `output_dir`, checked against this run's settings and w(0)."""
     path = checkpoint_path(output_dir)
     if not path.exists():
@@ -134,40 +138,12 @@ def load_checkpoint(output_dir: Path, resolved_config_yaml: str, init_weight: to
     if state["config_yaml"] != resolved_config_yaml:
         raise RuntimeError(f"cannot resume from {path}: it was made with other settings "
                            f"(see {output_dir / 'config.yaml'}): pass the same overrides or choose another output-dir")
-    if not torch.equal(state["init_weight"], init_weight.detach().cpu()):
+    saved_init = state["init_state"]
+    same = set(saved_init) == set(init_state) and all(
+        torch.equal(saved_init[key], value.detach().cpu()) for key, value in init_state.items())
+    if not same:
         raise RuntimeError(f"cannot resume from {path}: its initial model differs from this run's w(0)")
     return state
-
-
-class ResumableFedAvg(AlignmentTrackingFedAvg):
-    """AlignmentTrackingFedAvg whose rounds are numbered from `round_offset` + 1.
-
-    Strategy.start counts rounds from 1; a resumed run adds the rounds already done, so the
-    schedule, the clients' "server-round" and the round sink see the true round number. A round
-    in which no scheduled client replies stops the run with a clear error (nothing to aggregate).
-    """
-
-    def __init__(self, *, round_offset: int = 0, report: Callable[[str], None] = _report, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.round_offset = round_offset
-        self.report = report
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies):
-        true_round = server_round + self.round_offset
-        replies = list(replies)
-        failed = [reply for reply in replies if reply.has_error()]
-        if failed:
-            reasons = "; ".join(f"node {reply.metadata.src_node_id}: {error_reason(reply)}" for reply in failed)
-            self.report(f"round {true_round}: {len(replies) - len(failed)} of {len(replies)} scheduled clients "
-                        f"replied ({reasons})")
-        arrays, metrics = super().aggregate_train(true_round, replies)
-        if arrays is None:
-            raise RuntimeError(f"round {true_round}: none of the {len(replies)} scheduled clients replied, "
-                               f"nothing to aggregate; the checkpoint of round {true_round - 1} can be resumed")
-        return arrays, metrics
 
 
 class _ContinuedClock:
@@ -217,28 +193,31 @@ def run_federated(
     report(f"writing results to {output_dir}")
 
     setup = server_setup(settings)
-    state = load_checkpoint(output_dir, resolved_config_yaml, setup.init_weight) if resume else None
+    state = load_checkpoint(output_dir, resolved_config_yaml, setup.init_state) if resume else None
     write_text_atomic(output_dir / "config.yaml", resolved_config_yaml)
-    save_weight(output_dir / "model_init.pt", setup.init_weight)
-    save_tensor_atomic(output_dir / "signal.pt", setup.signal.clone())
-    report(f"init={settings.init.name}: realised h={setup.realised_h:.4f}, client sizes {setup.client_sizes}")
+    save_state(output_dir / "model_init.pt", setup.init_state)
+    for name, tensor in setup.artifacts.items():
+        save_tensor_atomic(output_dir / name, tensor)
+    write_json_atomic(output_dir / PARTITION_FILE, setup.partition)
+    report(f"init={settings.init.name}: {setup.description}")
+    report(f"client sizes {setup.client_sizes}")
     start_round = int(state["round"]) if state else 0
     if state:
         report(f"resuming after round {start_round}/{settings.fl.num_rounds} from {checkpoint_path(output_dir)}")
 
     node_of_partition = discover_partitions(grid, settings.fl.num_clients, settings.fl.wait_for_nodes_s)
     earlier = float(state["rows"][-1].get("elapsed_s") or 0.0) if state else 0.0
-    log_rounds = RoundLog(output_dir / "rounds.csv", settings.fl.num_rounds, report, clock=_ContinuedClock(earlier))
+    log_rounds = RoundLog(output_dir / "rounds.csv", settings.fl.num_rounds, report, clock=_ContinuedClock(earlier),
+                          columns=setup.round_columns)
     if state:
         log_rounds.rows.extend(dict(row) for row in state["rows"])
     strategy = ResumableFedAvg(
         round_offset=start_round,
         report=report,
-        signal=setup.signal,
-        init_weight=setup.init_weight,
+        alignment_fn=setup.alignment_metrics,
         node_of_partition=node_of_partition,
         schedule=setup.schedule,
-        send_init_arrays=settings.log.noise_memorization,
+        init_arrays=state_to_arrays(setup.init_state) if setup.send_init_state else None,
         round_sink=log_rounds.add_train,
     )
 
@@ -248,14 +227,15 @@ def run_federated(
             if state:
                 return None  # round start_round is already logged and checkpointed
             log_rounds.add_train(0, strategy.alignment_metrics(arrays))
-        metrics = central_metrics(arrays_to_weight(arrays), setup.test)
+        global_state = arrays_to_state(arrays)
+        metrics = setup.central_metrics(global_state)
         log_rounds.add_eval(true_round, metrics)
         if checkpoint:
-            save_checkpoint(output_dir, true_round, arrays_to_weight(arrays), setup.init_weight, log_rounds.rows,
+            save_checkpoint(output_dir, true_round, global_state, setup.init_state, log_rounds.rows,
                             resolved_config_yaml)
         return MetricRecord(metrics)
 
-    initial_arrays = weight_to_arrays(state["weight"] if state else setup.init_weight)
+    initial_arrays = state_to_arrays(state["state"] if state else setup.init_state)
     rounds_left = settings.fl.num_rounds - start_round
     result = strategy.start(
         grid=grid,
@@ -267,20 +247,22 @@ def run_federated(
     final_arrays = result.arrays if len(result.arrays) else initial_arrays
     if rounds_left and not len(result.arrays):
         raise RuntimeError("no round produced a global model: every client failed (see the log)")
-    save_weight(output_dir / "model_final.pt", arrays_to_weight(final_arrays))
+    save_state(output_dir / "model_final.pt", arrays_to_state(final_arrays))
 
     plots = []
     if settings.log.plots:
         title = f"init={settings.init.name}, {settings.heterogeneity.name}, realised h={setup.realised_h:.2f}"
-        drawn = plot_run(output_dir / "rounds.csv", output_dir / "plots", title)
+        drawn = plot_run(output_dir / "rounds.csv", output_dir / "plots", title,
+                         partition_json=output_dir / PARTITION_FILE)
         plots = [str(path.relative_to(output_dir)) for path in drawn]
     final_row = log_rounds.rows[-1]
     short_rounds = [int(row["round"]) for row in log_rounds.rows[1:] if row.get("clients") is not None
                     and int(row["clients"]) < len(setup.schedule[int(row["round"]) - 1])]
     summary = {
+        "task": "image" if settings.image_task else "synthetic",
         "final": {key: finite_or_none(float(value)) for key, value in final_row.items()},
-        "initial_misaligned": log_rounds.rows[0]["misaligned"],
-        "realised_h": setup.realised_h,
+        "initial_misaligned": log_rounds.rows[0].get("misaligned"),
+        "realised_h": setup.realised_h,  # H of partition.json: the paper's h on the binary task
         "client_sizes": setup.client_sizes,
         "rounds_completed": int(final_row["round"]),
         "resumed_from_round": start_round if state else None,
@@ -292,10 +274,10 @@ def run_federated(
     }
     write_json_atomic(output_dir / SUMMARY_FILE, summary)  # last: its presence marks a complete run
     shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)  # redundant once the run is complete
-    report(
-        f"done: test_error {final_row['test_error']:.4f}, misaligned {log_rounds.rows[0]['misaligned']} -> "
-        f"{final_row['misaligned']} in {summary['wall_time_s']:.1f}s; results in {output_dir}"
-    )
+    alignment = (f", misaligned {log_rounds.rows[0]['misaligned']} -> {final_row['misaligned']}"
+                 if "misaligned" in final_row else "")
+    report(f"done: test_error {final_row['test_error']:.4f}{alignment} in {summary['wall_time_s']:.1f}s; "
+           f"results in {output_dir}")
     return summary
 
 

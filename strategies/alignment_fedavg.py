@@ -5,14 +5,17 @@ Over Flower's FedAvg it adds, by overriding only configure_train / aggregate_tra
   that differ only in initialization sample the same clients in the same order;
 - aggregation in partition-id order, so float sums (and thus results) do not depend on the
   order in which replies arrive;
-- the alignment report (aligned/misaligned counts, init x now table, signal learning gamma) of
-  the aggregated model, merged into the round's train MetricRecord and handed to an optional
-  per-round sink;
+- the task's alignment report of the aggregated model (synthetic: aligned/misaligned counts,
+  init x now table, signal learning gamma; images: `initmatters.vision.alignment`) and the
+  update diversity of the round's clients (mean pairwise cosine of w_k - w_global), merged into
+  the round's train MetricRecord and handed to an optional per-round sink;
 - optionally w(0) in every train message, so clients can measure noise memorization.
+Models travel as state dicts; the synthetic model's is {"weight": [2, m, d]}.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,12 +24,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from initmatters.alignment import alignment_report
+from initmatters.alignment import flat_update, update_diversity
 from initmatters.model import WEIGHT_KEY
 
 INIT_ARRAYS_KEY = "init-arrays"
 
 RoundSink = Callable[[int, MetricRecord], None]
+AlignmentFn = Callable[[Mapping[str, torch.Tensor]], Mapping[str, float]]
+
+
+def state_to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """The ArrayRecord of a model's state dict (CPU, contiguous, names in order)."""
+    return ArrayRecord(torch_state_dict=OrderedDict(
+        (key, value.detach().cpu().contiguous()) for key, value in state.items()))
+
+
+def arrays_to_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The state dict held by an ArrayRecord (tensors share the record's memory)."""
+    return dict(arrays.to_torch_state_dict())
 
 
 def weight_to_arrays(weight: torch.Tensor) -> ArrayRecord:
@@ -58,11 +73,10 @@ class AlignmentTrackingFedAvg(FedAvg):
 
     Parameters
     ----------
-    signal : the signal vector mu, shape [d].
-    init_weight : w(0), the global model before round 1, shape [2, m, d].
+    alignment_fn : state dict of a global model -> its alignment metrics (relative to w(0)).
     node_of_partition : partition-id -> node id of the connected SuperNodes.
     schedule : the partition-ids trained in each round (round r uses schedule[r - 1]).
-    send_init_arrays : add w(0) to every train message (clients report noise memorization).
+    init_arrays : w(0), added to every train message when given (clients report noise memorization).
     round_sink : called with (server_round, metrics) after each aggregation.
     **fedavg_kwargs : passed to FedAvg (e.g. fraction_evaluate, weighted_by_key).
     """
@@ -70,11 +84,10 @@ class AlignmentTrackingFedAvg(FedAvg):
     def __init__(
         self,
         *,
-        signal: torch.Tensor,
-        init_weight: torch.Tensor,
+        alignment_fn: AlignmentFn,
         node_of_partition: Mapping[int, int],
         schedule: Sequence[Sequence[int]],
-        send_init_arrays: bool = False,
+        init_arrays: ArrayRecord | None = None,
         round_sink: RoundSink | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
@@ -86,17 +99,26 @@ class AlignmentTrackingFedAvg(FedAvg):
             min_available_nodes=1,
             **fedavg_kwargs,
         )
-        self.signal = signal
-        self.init_weight = init_weight
+        self.alignment_fn = alignment_fn
         self.node_of_partition = dict(node_of_partition)
         self.partition_of_node = {node: part for part, node in self.node_of_partition.items()}
         self.schedule = [list(clients) for clients in schedule]
-        self.init_arrays = weight_to_arrays(init_weight) if send_init_arrays else None
+        self.init_arrays = init_arrays
         self.round_sink = round_sink
+        self.round_start_arrays: ArrayRecord | None = None
 
     def alignment_metrics(self, arrays: ArrayRecord) -> MetricRecord:
         """The alignment report of a global model relative to w(0)."""
-        return MetricRecord(alignment_report(self.init_weight, arrays_to_weight(arrays), self.signal))
+        return MetricRecord(dict(self.alignment_fn(arrays_to_state(arrays))))
+
+    def update_diversity(self, replies: Sequence[Message]) -> float:
+        """Mean pairwise cosine of the successful clients' updates w_k - w_global (NaN if < 2)."""
+        if self.round_start_arrays is None:
+            return float("nan")
+        start = arrays_to_state(self.round_start_arrays)
+        updates = [flat_update(arrays_to_state(reply.content["arrays"]), start)
+                   for reply in replies if not reply.has_error()]
+        return update_diversity(updates)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -104,6 +126,7 @@ class AlignmentTrackingFedAvg(FedAvg):
         """Send to this round's scheduled partitions only (FedAvg samples all of the view)."""
         partitions = self.schedule[server_round - 1]
         self.min_train_nodes = len(partitions)
+        self.round_start_arrays = arrays  # the global model the updates are measured from
         nodes = [self.node_of_partition[p] for p in partitions]
         messages = list(super().configure_train(server_round, arrays, config, _NodeSubsetGrid(grid, nodes)))
         if self.init_arrays is not None:
@@ -121,6 +144,7 @@ class AlignmentTrackingFedAvg(FedAvg):
             return arrays, metrics
         merged = MetricRecord(dict(metrics or {}))
         merged.update(self.alignment_metrics(arrays))
+        merged["update_diversity"] = self.update_diversity(ordered)
         merged["clients"] = sum(1 for reply in ordered if not reply.has_error())
         if self.round_sink is not None:
             self.round_sink(server_round, merged)

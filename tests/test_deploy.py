@@ -35,6 +35,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client_app.app import app as client_app
 from client_app.app import node_partition
 from initmatters import deploy
+from initmatters.alignment import alignment_report
 from initmatters.compose import load_settings
 from initmatters.deploy import LocalDeployment, leftover_processes
 from initmatters.federated import local_update, server_setup
@@ -195,7 +196,8 @@ def test_deploy_resume_needs_a_checkpoint_and_the_same_settings(tmp_path: Path, 
     settings, yaml = load_settings("debug=default")
     setup = server_setup(settings)
     (out / "config.yaml").write_text(yaml)
-    save_checkpoint(out, 1, setup.init_weight, setup.init_weight, [{"round": 0}], yaml)
+    init = {"weight": setup.init_weight}
+    save_checkpoint(out, 1, init, init, [{"round": 0}], yaml)
     assert deploy.main(["--nodes", "2", "--output-dir", str(out), "--", "debug=default"]) == 2
     assert "holds an interrupted run: continue it with --resume" in capsys.readouterr().err
     assert deploy.main(["--nodes", "2", "--resume", str(out), "--", "debug=default", "seed=1"]) == 2
@@ -239,16 +241,18 @@ def test_error_reason_drops_flowers_wrapping() -> None:
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     settings, yaml = load_settings("debug=default")
-    init = server_setup(settings).init_weight
-    weight = init * 2
+    init = {"weight": server_setup(settings).init_weight}
+    weight = init["weight"] * 2
     rows = [{"round": 0, "test_error": 0.5, "clients": None}, {"round": 1, "test_error": 0.25, "clients": 2}]
-    save_checkpoint(tmp_path, 1, weight, init, rows, yaml)
+    save_checkpoint(tmp_path, 1, {"weight": weight}, init, rows, yaml)
     state = load_checkpoint(tmp_path, yaml, init)
-    assert state["round"] == 1 and state["rows"] == rows and torch.equal(state["weight"], weight)
+    assert state["round"] == 1 and state["rows"] == rows and torch.equal(state["state"]["weight"], weight)
     with pytest.raises(RuntimeError, match="made with other settings"):
         load_checkpoint(tmp_path, yaml + "# other\n", init)
     with pytest.raises(RuntimeError, match="initial model differs"):
-        load_checkpoint(tmp_path, yaml, init + 1)
+        load_checkpoint(tmp_path, yaml, {"weight": init["weight"] + 1})
+    with pytest.raises(RuntimeError, match="initial model differs"):
+        load_checkpoint(tmp_path, yaml, {**init, "bias": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="no checkpoint"):
         load_checkpoint(tmp_path / "elsewhere", yaml, init)
 
@@ -270,7 +274,8 @@ def test_resumed_strategy_uses_the_true_round_numbers() -> None:
         init = torch.zeros(2, 3, 5)
         signal_vector = torch.zeros(5)
         signal_vector[0] = 1.0
-        strategy = ResumableFedAvg(round_offset=1, signal=signal_vector, init_weight=init,
+        strategy = ResumableFedAvg(round_offset=1, alignment_fn=lambda state: alignment_report(
+                                       init, state["weight"], signal_vector),
                                    node_of_partition={0: 11, 1: 22, 2: 33}, schedule=[[0], [2], [1]],
                                    report=lambda message: None)
         messages = list(strategy.configure_train(1, weight_to_arrays(init), ConfigRecord(), _FakeGrid([11, 22, 33])))

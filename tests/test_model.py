@@ -14,7 +14,7 @@ from initmatters.model import (
     logistic_loss,
     model_from_weight,
 )
-from initmatters.training import evaluate_loss, train_steps
+from initmatters.training import epoch_batches, evaluate_loss, steps_per_epoch, train_steps
 
 
 def _relu(z: float) -> float:
@@ -180,16 +180,52 @@ def test_mini_batch_is_reproducible_and_uses_the_generator() -> None:
 def test_mini_batch_step_is_gradient_descent_on_the_drawn_batch() -> None:
     weight, features, labels = _tiny_problem(seed=2, n=10, m=2, d=3)
     lr, batch = 0.4, 4
-    # Reproduce the batches independently: torch.randperm(n)[:b] from the same seeded generator.
+    # Reproduce the batches independently: epochs of torch.randperm(n) cut into slices of b
+    # (4, 4, 2 per epoch), drawn from the same seeded generator; 5 steps cross an epoch.
     gen = torch.Generator().manual_seed(21)
+    batches = []
+    while len(batches) < 5:
+        order = torch.randperm(10, generator=gen).numpy()
+        batches += [order[0:4], order[4:8], order[8:10]]
     w = weight.double().numpy()
-    for _ in range(3):
-        index = torch.randperm(10, generator=gen)[:batch].numpy()
+    for index in batches[:5]:
         w = w - lr * _analytic_gradient(w, features.double().numpy()[index], labels.double().numpy()[index])
     model = model_from_weight(weight)
-    train_steps(model, features, labels, logistic_loss, steps=3, lr=lr, batch_size=batch,
+    train_steps(model, features, labels, logistic_loss, steps=5, lr=lr, batch_size=batch,
                 generator=torch.Generator().manual_seed(21))
     np.testing.assert_allclose(model.weight.detach().double().numpy(), w, atol=1e-5)
+
+
+def test_one_epoch_visits_every_example_once() -> None:
+    batches = epoch_batches(10, 4, torch.Generator().manual_seed(3))
+    epoch = [next(batches) for _ in range(steps_per_epoch(10, 4))]
+    assert [len(b) for b in epoch] == [4, 4, 2]
+    assert sorted(torch.cat(epoch).tolist()) == list(range(10))
+    assert steps_per_epoch(10, 0) == 1 and steps_per_epoch(10, 10) == 1 and steps_per_epoch(10, 5) == 2
+
+
+def test_transform_applies_to_training_batches_only() -> None:
+    weight, features, labels = _tiny_problem(seed=6, n=8, m=2, d=3)
+    seen = []
+
+    def double(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.shape[0])
+        return 2.0 * batch
+
+    model = model_from_weight(weight)
+    loss = train_steps(model, features, labels, logistic_loss, steps=2, lr=0.3, transform=double)
+    reference = model_from_weight(weight)
+    train_steps(reference, 2.0 * features, labels, logistic_loss, steps=2, lr=0.3)
+    torch.testing.assert_close(model.weight, reference.weight, rtol=0, atol=0)
+    assert seen == [8, 8]
+    assert loss == pytest.approx(evaluate_loss(model, features, labels, logistic_loss))
+
+
+def test_chunked_evaluation_equals_one_pass() -> None:
+    weight, features, labels = _tiny_problem(seed=7, n=9, m=2, d=3)
+    model = model_from_weight(weight)
+    whole = evaluate_loss(model, features, labels, logistic_loss)
+    assert evaluate_loss(model, features, labels, logistic_loss, batch_size=4) == pytest.approx(whole, rel=1e-6)
 
 
 def test_evaluate_loss_does_not_change_weights() -> None:

@@ -165,7 +165,7 @@ def test_round_log_writes_csv_each_round_and_reports_progress(tmp_path: Path) ->
     assert [p.name for p in path.parent.iterdir()] == ["rounds.csv"]
 
 
-def test_plot_run_writes_three_pngs(tmp_path: Path) -> None:
+def test_plot_run_draws_the_measured_synthetic_metrics(tmp_path: Path) -> None:
     from initmatters.plots import PLOT_FILES, plot_run
 
     rows = []
@@ -179,11 +179,37 @@ def test_plot_run_writes_three_pngs(tmp_path: Path) -> None:
     csv_path = tmp_path / "rounds.csv"
     csv_path.write_text(rounds_csv_text(rows))
     written = plot_run(csv_path, tmp_path / "plots", title="smoke")
-    assert [p.name for p in written] == list(PLOT_FILES)
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(PLOT_FILES)
+    expected = ["misaligned.png", "test_error.png", "signal_learning.png"]
+    assert [p.name for p in written] == expected and set(expected) <= set(PLOT_FILES)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(expected)
     for path in written:
         data = path.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_plot_run_draws_image_task_metrics_and_label_histograms(tmp_path: Path) -> None:
+    from initmatters.plots import plot_run
+
+    columns = ("round", "test_error", "conv1_pc_energy", "conv1_pc_energy_chance", "update_diversity")
+    rows = [{"round": r, "test_error": 0.9 - 0.1 * r, "conv1_pc_energy": 0.2 + 0.1 * r,
+             "conv1_pc_energy_chance": 0.125, "update_diversity": float("nan") if r == 0 else 0.5} for r in range(3)]
+    csv_path = tmp_path / "rounds.csv"
+    csv_path.write_text(rounds_csv_text(rows, columns))
+    partition = tmp_path / "partition.json"
+    partition.write_text(json.dumps({"histograms": [[5, 0, 1], [0, 4, 2]], "sizes": [6, 6]}))
+    written = plot_run(csv_path, tmp_path / "plots", partition_json=partition)
+    assert [p.name for p in written] == ["test_error.png", "first_layer.png", "update_diversity.png",
+                                         "label_histograms.png"]
+    assert all(path.read_bytes().startswith(PNG_MAGIC) for path in written)
+
+
+def test_round_log_with_task_columns_rejects_other_metrics(tmp_path: Path) -> None:
+    log = RoundLog(tmp_path / "rounds.csv", 2, lambda message: None, columns=("round", "test_error", "elapsed_s"))
+    log.add_train(1, {"misaligned": 3})  # not a column of this task: dropped
+    log.add_eval(0, {"test_error": 0.5})
+    assert (tmp_path / "rounds.csv").read_text().splitlines()[0] == "round,test_error,elapsed_s"
+    with pytest.raises(KeyError):
+        rounds_csv_text([{"round": 0, "misaligned": 1}], ("round",))
 
 
 def test_save_weight_is_a_state_dict(tmp_path: Path) -> None:

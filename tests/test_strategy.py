@@ -119,12 +119,12 @@ def setup():
 
 
 def _strategy(init: torch.Tensor, sink=None, send_init_arrays: bool = False, node_of_partition=None, schedule=None):
+    signal = _signal()
     return AlignmentTrackingFedAvg(
-        signal=_signal(),
-        init_weight=init,
+        alignment_fn=lambda state: alignment_report(init, state["weight"], signal),
         node_of_partition=node_of_partition or NODE_OF_PARTITION,
         schedule=schedule or [[0, 1, 2]] * 3,
-        send_init_arrays=send_init_arrays,
+        init_arrays=weight_to_arrays(init) if send_init_arrays else None,
         round_sink=sink,
     )
 
@@ -205,7 +205,7 @@ def test_aggregate_train_does_not_depend_on_reply_order(setup):
     reference_arrays, reference_metrics = results[0]
     for arrays, metrics in results[1:]:
         assert np.array_equal(arrays, reference_arrays)  # bit-identical
-        assert metrics == reference_metrics
+        assert repr(metrics) == repr(reference_metrics)  # (update_diversity is NaN: no configure_train)
 
     # the check has teeth: plain FedAvg's float32 sums do depend on the order on this data
     plain = []
@@ -331,3 +331,21 @@ def test_client_schedule_partial_participation():
 def test_client_schedule_tiny_fraction_keeps_one_client():
     for clients in client_schedule(10, 0.01, 5, seed=3):
         assert len(clients) == 1
+
+
+def test_update_diversity_is_the_mean_pairwise_cosine_of_client_updates(setup, task_identity):
+    init, client_weights = setup
+    global_weight = _random_weight(5)
+    strategy = _strategy(init)
+    grid = _FakeGrid(list(NODE_OF_PARTITION.values()))
+    strategy.configure_train(1, weight_to_arrays(global_weight), ConfigRecord(), grid)
+    replies = [_reply(p, client_weights[p]) for p in (2, 0, 1)] + [_error_reply(555)]
+    _, metrics = strategy.aggregate_train(1, replies)
+    updates = [(client_weights[p].double() - global_weight.double()).reshape(-1).numpy() for p in (0, 1, 2)]
+    cosines = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in itertools.combinations(updates, 2)]
+    assert metrics["update_diversity"] == pytest.approx(np.mean(cosines), abs=1e-6)
+    # identical updates: diversity 1
+    strategy.configure_train(2, weight_to_arrays(global_weight), ConfigRecord(), grid)
+    same = [_reply(p, 2 * client_weights[0] - global_weight, server_round=2) for p in (0, 1, 2)]
+    _, metrics = strategy.aggregate_train(2, same)
+    assert metrics["update_diversity"] == pytest.approx(1.0, abs=1e-6)

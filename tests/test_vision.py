@@ -18,6 +18,7 @@ from PIL import Image
 from torch.nn import functional
 
 from initmatters.alignment import aligned_mask as binary_aligned_mask
+from initmatters.alignment import flat_update, update_diversity
 from initmatters.model import TwoLayerReluCNN, logistic_loss
 from initmatters.partition import realised_heterogeneity
 from initmatters.settings import SettingError
@@ -373,17 +374,17 @@ def test_first_layer_proxy():
 
 def test_update_diversity():
     base = torch.randn(10)
-    assert alignment.update_diversity([base, 2 * base, 0.5 * base]) == pytest.approx(1.0)
-    assert alignment.update_diversity([base, -base]) == pytest.approx(-1.0)
-    assert alignment.update_diversity([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]) == pytest.approx(0.0)
-    assert alignment.update_diversity([base, torch.zeros(10), base]) == pytest.approx(1.0 / 3.0)
-    assert np.isnan(alignment.update_diversity([base]))
+    assert update_diversity([base, 2 * base, 0.5 * base]) == pytest.approx(1.0)
+    assert update_diversity([base, -base]) == pytest.approx(-1.0)
+    assert update_diversity([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]) == pytest.approx(0.0)
+    assert update_diversity([base, torch.zeros(10), base]) == pytest.approx(1.0 / 3.0)
+    assert np.isnan(update_diversity([base]))
     global_state = {
         "w": torch.zeros(2, 2), "bn.running_mean": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(3)
     }
     local = {"w": torch.ones(2, 2), "bn.running_mean": torch.ones(2), "bn.num_batches_tracked": torch.tensor(5)}
-    assert alignment.flat_update(local, global_state).tolist() == [1.0] * 4
-    assert alignment.flat_update(local, global_state, skip_running_stats=False).shape == (6,)
+    assert flat_update(local, global_state).tolist() == [1.0] * 4
+    assert flat_update(local, global_state, skip_running_stats=False).shape == (6,)
 
 
 # --- augmentation and one local round on the CIFAR fixture ----------------------------------------
@@ -427,6 +428,6 @@ def test_fixture_partition_and_a_local_round_of_resnet18(cifar_copy, cache_dir):
         handle.remove()
         assert seen == [(min(4, len(labels)), 3, 32, 32)]  # training batches only: evaluation is in eval mode
         assert np.isfinite(loss) and list(model.state_dict()) == list(global_state)
-        updates.append(alignment.flat_update(model.state_dict(), global_state))
+        updates.append(flat_update(model.state_dict(), global_state))
     assert all(float(update.norm()) > 0 for update in updates)
-    assert -1.0 <= alignment.update_diversity(updates) <= 1.0
+    assert -1.0 <= update_diversity(updates) <= 1.0
