@@ -14,10 +14,18 @@ reported with its overrides and the others go on, and a job whose folder already
 finished run of the same resolved config is skipped (resume with the same hydra.sweep.dir).
 With `hydra.launcher.connection=<name>` every job goes through `flwr run` to that Flower
 connection instead (e.g. a real deployment).
+
+Options (hydra.launcher.*), checked before anything starts (a bad one: a one-line error, exit 2):
+connection (a Flower connection name, or null for the shared simulation), client_num_cpus (Ray
+CPUs per simulated client, a positive integer), client_num_gpus (per-client GPU resources for
+simulation: Ray's GPU share per simulated client, a number >= 0, e.g. 0.25 puts four clients on a
+GPU; 0 = CPU only), quiet_flower.
 """
 
 import logging
+import math
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,13 +51,28 @@ RAY_INLINE_BYTES = 1 << 20
 class SharedSimulationLauncherConf:
     _target_: str = "hydra_plugins.initmatters_launcher.shared_simulation_launcher.SharedSimulationLauncher"
     connection: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)  a Flower connection name: run each job with `flwr run` there
-    client_num_cpus: int = 1  # Ray resources per simulated client (1 = one actor per core)
+    client_num_cpus: int = 1  # Ray CPUs per simulated client (1 = one actor per core)
+    client_num_gpus: float = 0.0  # per-client GPU resources for simulation (Ray GPU share; 0 = none)
     quiet_flower: bool = True  # hide Flower's per-round INFO logs (the launcher prints per job)
 
 
 ConfigStore.instance().store(
     group="hydra/launcher", name="shared_simulation", node=SharedSimulationLauncherConf, provider="initmatters"
 )
+
+
+def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gpus: Any) -> str | None:
+    """The one-line problem with the launcher options (None if they are fine)."""
+    if not (isinstance(client_num_cpus, int) and not isinstance(client_num_cpus, bool) and client_num_cpus >= 1):
+        return f"hydra.launcher.client_num_cpus={client_num_cpus} is invalid: allowed a positive integer"
+    if not (isinstance(client_num_gpus, int | float) and not isinstance(client_num_gpus, bool)
+            and math.isfinite(client_num_gpus) and client_num_gpus >= 0):
+        return (f"hydra.launcher.client_num_gpus={client_num_gpus} is invalid: allowed a number >= 0 "
+                f"(Ray's GPU share per simulated client)")
+    if not (connection is None or (isinstance(connection, str) and connection.strip())):
+        return (f"hydra.launcher.connection={connection!r} is invalid: allowed null (the shared simulation) "
+                f"or the name of a Flower connection")
+    return None
 
 
 def torch_threads_for_server() -> None:
@@ -102,10 +125,12 @@ class _Progress:
 
 
 class SharedSimulationLauncher(Launcher):
-    def __init__(self, connection: str | None = None, client_num_cpus: int = 1, quiet_flower: bool = True) -> None:
+    def __init__(self, connection: str | None = None, client_num_cpus: int = 1, client_num_gpus: float = 0.0,
+                 quiet_flower: bool = True) -> None:
         super().__init__()
         self.connection = connection
         self.client_num_cpus = client_num_cpus
+        self.client_num_gpus = client_num_gpus
         self.quiet_flower = quiet_flower
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -117,6 +142,10 @@ class SharedSimulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus)
+        if problem:  # before any start-up, like a bad experiment setting
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -221,17 +250,21 @@ class SharedSimulationLauncher(Launcher):
             server_app=server_app,
             client_app=client_app,
             num_supernodes=num_clients,
-            backend_config={
-                "client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": 0.0},
-                # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store.
-                "init_args": {"_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}},
-            },
+            backend_config=self.backend_config(),
         )
         for job in group:  # a simulation that died before reaching a job
             if job.index not in returns:
                 returns[job.index] = self._job_return(
                     job, JobStatus.FAILED, SweepJobFailed(self._failure(job, "the shared simulation stopped early")))
         return returns
+
+    def backend_config(self) -> dict[str, Any]:
+        """run_simulation's backend_config: Ray resources per simulated client, transport settings."""
+        return {
+            "client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": float(self.client_num_gpus)},
+            # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store.
+            "init_args": {"_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}},
+        }
 
     def _run_job_on_grid(self, job: _Job, grid: Any, progress: _Progress) -> JobReturn:
         from server_app.app import run_federated

@@ -1,0 +1,85 @@
+"""The shared_simulation launcher's options: checked before any start-up (fast: no Ray, no Flower run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.config_store import ConfigStore
+
+from hydra_plugins.initmatters_launcher.shared_simulation_launcher import (
+    SharedSimulationLauncher,
+    launcher_option_problem,
+)
+from initmatters.launch import PROJECT_ROOT
+
+BAD = [
+    ({"client_num_cpus": 0}, "hydra.launcher.client_num_cpus=0 is invalid: allowed a positive integer"),
+    ({"client_num_cpus": -2}, "hydra.launcher.client_num_cpus=-2 is invalid: allowed a positive integer"),
+    ({"client_num_cpus": 1.5}, "hydra.launcher.client_num_cpus=1.5 is invalid: allowed a positive integer"),
+    ({"client_num_cpus": True}, "hydra.launcher.client_num_cpus=True is invalid: allowed a positive integer"),
+    ({"client_num_gpus": -0.5}, "hydra.launcher.client_num_gpus=-0.5 is invalid: allowed a number >= 0 "
+                                "(Ray's GPU share per simulated client)"),
+    ({"client_num_gpus": float("nan")}, "hydra.launcher.client_num_gpus=nan is invalid: allowed a number >= 0 "
+                                        "(Ray's GPU share per simulated client)"),
+    ({"client_num_gpus": "half"}, "hydra.launcher.client_num_gpus=half is invalid: allowed a number >= 0 "
+                                  "(Ray's GPU share per simulated client)"),
+    ({"connection": ""}, "hydra.launcher.connection='' is invalid: allowed null (the shared simulation) "
+                         "or the name of a Flower connection"),
+    ({"connection": "  "}, "hydra.launcher.connection='  ' is invalid: allowed null (the shared simulation) "
+                           "or the name of a Flower connection"),
+]
+
+
+def options(**changes: object) -> dict[str, object]:
+    values: dict[str, object] = {"connection": None, "client_num_cpus": 1, "client_num_gpus": 0.0}
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD)
+def test_bad_option_is_named_with_its_allowed_values(changes: dict[str, object], message: str) -> None:
+    assert launcher_option_problem(**options(**changes)) == message
+
+
+@pytest.mark.parametrize("changes", [{}, {"client_num_cpus": 2}, {"client_num_gpus": 0.25}, {"client_num_gpus": 1},
+                                     {"client_num_gpus": 2.0}, {"connection": "deploy"}])
+def test_good_options_pass(changes: dict[str, object]) -> None:
+    assert launcher_option_problem(**options(**changes)) is None
+
+
+def test_launch_rejects_a_bad_option_before_anything_starts(capsys) -> None:
+    launcher = SharedSimulationLauncher(client_num_gpus=-1.0)  # never set up: launch must stop first
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.launch([["init=random"]], 0)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: hydra.launcher.client_num_gpus=-1.0 is invalid: allowed a number >= 0 "
+        "(Ray's GPU share per simulated client)"
+    ]
+
+
+def test_client_resources_carry_cpus_and_gpu_share() -> None:
+    assert SharedSimulationLauncher().backend_config()["client_resources"] == {"num_cpus": 1, "num_gpus": 0.0}
+    launcher = SharedSimulationLauncher(client_num_cpus=2, client_num_gpus=0.25)
+    assert launcher.backend_config()["client_resources"] == {"num_cpus": 2, "num_gpus": 0.25}
+
+
+def test_config_node_declares_the_gpu_share_with_default_zero() -> None:
+    node = ConfigStore.instance().load("hydra/launcher/shared_simulation.yaml").node
+    assert node.client_num_gpus == 0.0
+    assert node.client_num_cpus == 1
+    assert node.connection is None
+
+
+def test_sweep_command_exits_2_with_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "initmatters.sweep", "--multirun", "debug=default",
+               "hydra.launcher.client_num_cpus=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert completed.stderr.strip().splitlines() == [
+        "error: hydra.launcher.client_num_cpus=0 is invalid: allowed a positive integer"
+    ]
+    assert "[sweep]" not in completed.stdout  # no job was prepared
