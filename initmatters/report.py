@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
@@ -38,6 +39,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import yaml  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from initmatters.results import (  # noqa: E402
     SUMMARY_FILE,
@@ -67,6 +70,19 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("heterogeneity_penalty", "heterogeneity penalty", 4),
 )
 PER_RUN_METRICS = tuple(stem for stem, _, _ in METRICS if stem != "heterogeneity_penalty")
+
+# One colour per initialization, the same in every panel of every figure (matplotlib's tab10);
+# an init not listed gets a spare colour fixed by its name. Variants of one init in a figure
+# (other init.* settings, model.init_std, other settings of a line) are lighter shades of it.
+INIT_COLOURS = {
+    "random": "tab:blue",
+    "pretrained": "tab:orange",
+    "align_flip": "tab:green",
+    "misaligned_fraction": "tab:red",
+    "checkpoint": "tab:purple",
+}
+SPARE_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo")
 
 FIGURE_FILES = {
     "test_error_vs_h": "test_error_vs_h.png",
@@ -418,8 +434,7 @@ def figure_test_error_vs_h(groups: Sequence[Group], keys: Sequence[str]) -> plt.
     panel_keys = [TAU_KEY] if TAU_KEY in keys else []
     line_keys = [k for k in keys if k not in (H_KEY, SCHEME_KEY, TAU_KEY)]
     panels = _partition(skew, panel_keys)
-    lines_all = sorted({_label(g, line_keys) for g in skew})
-    colours = dict(zip(lines_all, cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]), strict=False))
+    colours = line_colours(skew, line_keys)
     figure, axes = _panels(len(panels))
     for axis, (panel_label, members) in zip(axes, panels.items(), strict=False):
         for line_label, line in _partition(members, line_keys).items():
@@ -441,9 +456,8 @@ def figure_misaligned_vs_round(groups: Sequence[Group], keys: Sequence[str]) -> 
     if len(groups) < 2 or not (init_keys or het_keys):
         return None
     panel_keys = [k for k in keys if k not in init_keys and k not in het_keys]
-    inits = sorted({_label(g, init_keys) for g in groups})
     hets = sorted({_label(g, het_keys) for g in groups}, key=lambda s: s)
-    colours = dict(zip(inits, cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]), strict=False))
+    colours = line_colours(groups, init_keys)
     styles = dict(zip(hets, cycle(["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3))]), strict=False))
     panels = _partition(groups, panel_keys)
     figure, axes = _panels(len(panels))
@@ -466,6 +480,7 @@ def figure_pretraining_steps(groups: Sequence[Group], keys: Sequence[str]) -> pl
     if len({g.settings[STEPS_KEY] for g in pretrained}) < 2:
         return None
     line_keys = [k for k in keys if k not in (STEPS_KEY, INIT_KEY)]
+    colours = line_colours(pretrained, line_keys)
     figure, axes = _panels(2)
     for line_label, line in _partition(pretrained, line_keys).items():
         line.sort(key=lambda g: g.settings[STEPS_KEY])
@@ -473,7 +488,7 @@ def figure_pretraining_steps(groups: Sequence[Group], keys: Sequence[str]) -> pl
         for axis, metric in zip(axes, ("misaligned_init", "test_error"), strict=True):
             stats = [mean_std(run.metric(metric) for run in g.runs) for g in line]
             axis.errorbar(steps, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats],
-                          marker="o", capsize=3, label=line_label or "pretrained")
+                          marker="o", capsize=3, label=line_label or "pretrained", color=colours[line_label])
     axes[0].set(xlabel="pre-training steps (init.steps)", ylabel="misaligned filters at round 0")
     axes[1].set(xlabel="pre-training steps (init.steps)", ylabel="final test error")
     for axis in axes:
@@ -483,30 +498,58 @@ def figure_pretraining_steps(groups: Sequence[Group], keys: Sequence[str]) -> pl
 
 
 def figure_init_variants(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
-    """Bar chart of final test error per initialization variant, a bar per other configuration."""
+    """Bar chart of final test error per initialization variant (its init's colour), a bar per other
+    configuration (told apart by hatching)."""
     init_keys = _init_keys(keys)
     variants = _partition(groups, init_keys)
     if len(variants) < 2:
         return None
+    colours = line_colours(groups, init_keys)
     other_keys = [k for k in keys if k not in init_keys]
     others = sorted({_label(g, other_keys) for g in groups}, key=lambda s: s)
+    hatches = dict(zip(others, cycle(HATCHES), strict=False))
     width = 0.8 / len(others)
     figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) * max(1, len(others)) ** 0.5), 3.8))
     for i, other in enumerate(others):
-        xs, means, stds = [], [], []
-        for x, members in enumerate(variants.values()):
+        xs, means, stds, bar_colours = [], [], [], []
+        for x, (variant, members) in enumerate(variants.items()):
             match = [g for g in members if _label(g, other_keys) == other]
             if match:
                 mean, std = mean_std(run.test_error for run in match[0].runs)
                 xs.append(x - 0.4 + width * (i + 0.5))
                 means.append(mean)
                 stds.append(0.0 if math.isnan(std) else std)
-        axis.bar(xs, means, width=width, yerr=stds, capsize=3, label=other or None)
+                bar_colours.append(colours[variant])
+        axis.bar(xs, means, width=width, yerr=stds, capsize=3, color=bar_colours, hatch=hatches[other],
+                 edgecolor="black", linewidth=0.5, label=other or None)
     axis.set_xticks(range(len(variants)), list(variants), rotation=20, ha="right")
     axis.set(ylabel="final test error", title="Final test error per initialization (error bars: std over seeds)")
     if len(others) > 1:
-        axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        handles = [Patch(facecolor="white", edgecolor="black", hatch=hatches[other], label=other) for other in others]
+        axis.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
+
+
+def init_colour(name: Any) -> tuple[float, float, float]:
+    """The colour of an initialization (init.name), the same in every figure."""
+    if name in INIT_COLOURS:
+        return to_rgb(INIT_COLOURS[name])
+    return to_rgb(SPARE_COLOURS[zlib.crc32(str(name).encode()) % len(SPARE_COLOURS)])
+
+
+def line_colours(groups: Sequence[Group], keys: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """Colour of each line of a figure (groups split by `keys`, labelled by _label): its init's
+    colour, the 1st variant of an init as is and further variants of it lighter."""
+    variants: dict[Any, list[str]] = {}
+    for label, members in _partition(groups, keys).items():
+        variants.setdefault(members[0].settings.get(INIT_KEY), []).append(label)
+    colours = {}
+    for init, labels in variants.items():
+        base = init_colour(init)
+        for i, label in enumerate(labels):
+            white = 0.6 * i / len(labels)  # at most 60 % white: still visibly the init's hue
+            colours[label] = tuple(c + (1.0 - c) * white for c in base)
+    return colours
 
 
 def _init_keys(keys: Sequence[str]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from matplotlib.colors import to_rgb
 
 from initmatters import report
 from initmatters.results import ROUND_COLUMNS, rounds_csv_text
@@ -343,3 +344,80 @@ def test_module_cli_exit_code(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"error: no finished runs under {tmp_path} (a finished run is a folder with summary.json "
         "and rounds.csv); 0 unfinished"]
+
+
+# --------------------------------------------------------------------------------------------
+# Colours: one per initialization, in every panel and figure
+
+
+def _rgb(colour: Any) -> tuple[float, ...]:
+    return tuple(round(c, 6) for c in to_rgb(colour))
+
+
+def test_init_colour_is_one_fixed_mapping() -> None:
+    known = {name: _rgb(report.init_colour(name)) for name in report.INIT_COLOURS}
+    assert len(set(known.values())) == len(known)  # inits are told apart
+    assert known["random"] == _rgb("tab:blue") and known["pretrained"] == _rgb("tab:orange")
+    assert _rgb(report.init_colour("imagenet")) == _rgb(report.init_colour("imagenet"))  # unlisted: fixed by name
+    assert _rgb(report.init_colour("imagenet")) in {_rgb(c) for c in report.SPARE_COLOURS}
+
+
+def test_each_init_keeps_its_colour_across_panels_and_figures(tmp_path: Path) -> None:
+    # tau = 10: random and pretrained; tau = 50: pretrained only (its colour must not shift to the first slot)
+    cases = [("random", 10), ("pretrained", 10), ("pretrained", 50)]
+    for init, tau in cases:
+        for h in (0.0, 1.0):
+            write_run(tmp_path / f"{init}-t{tau}-h{h}", nested_settings(init, h, 0, local_steps=tau),
+                      test_error=0.1 + h / 10, misaligned_init=20 if init == "random" else 0, realised_h=h)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    keys = report.varying_keys(groups)
+    expected = {init: _rgb(report.init_colour(init)) for init in ("random", "pretrained")}
+
+    figure = report.figure_test_error_vs_h(groups, keys)
+    assert figure is not None and len(figure.axes) == 2
+    seen = []
+    for axis in figure.axes:
+        for container in axis.containers:
+            init = container.get_label().split(",")[0]
+            seen.append((init, _rgb(container.lines[0].get_color())))
+    assert sorted(seen) == sorted([("pretrained", expected["pretrained"])] * 2 + [("random", expected["random"])])
+
+    figure = report.figure_misaligned_vs_round(groups, keys)
+    assert figure is not None
+    lines = [line for axis in figure.axes for line in axis.get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 6
+    for line in lines:
+        assert _rgb(line.get_color()) == expected[line.get_label().split(",")[0].split(" |")[0]]
+
+
+def test_variants_of_one_init_are_shades_of_its_colour(tmp_path: Path) -> None:
+    for steps in (0, 50):
+        write_run(tmp_path / f"pre{steps}", nested_settings("pretrained", 0.0, 0, steps=steps),
+                  test_error=0.2, misaligned_init=10, realised_h=0.0)
+    for init_std in (0.05, 0.1):
+        write_run(tmp_path / f"rand{init_std}", nested_settings("random", 0.0, 0, init_std=init_std),
+                  test_error=0.2, misaligned_init=20, realised_h=0.0)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    keys = report.varying_keys(groups)
+    colours = report.line_colours(groups, report._init_keys(keys))
+    for label, colour in colours.items():
+        base = report.init_colour(label.split(",")[0])
+        white = {round((c - b) / (1 - b), 6) for c, b in zip(colour, base, strict=True) if b < 1}
+        assert len(white) == 1 and 0 <= white.pop() <= 0.6  # the init's colour mixed with white
+    assert len(set(colours.values())) == 4
+
+    figure = report.figure_init_variants(groups, keys)
+    assert figure is not None
+    axis = figure.axes[0]
+    variants = [tick.get_text() for tick in axis.get_xticklabels()]
+    bars = [patch for container in axis.containers if hasattr(container, "patches") for patch in container.patches]
+    assert len(bars) == 4
+    for bar in bars:
+        variant = variants[round(bar.get_x() + bar.get_width() / 2)]
+        assert _rgb(bar.get_facecolor()) == _rgb(colours[variant])
+
+    figure = report.figure_pretraining_steps(groups, keys)
+    assert figure is not None
+    for axis in figure.axes:
+        for container in axis.containers:
+            assert _rgb(container.lines[0].get_color()) == _rgb(report.init_colour("pretrained"))
