@@ -12,7 +12,9 @@ summary.json["settings"]) are equal except `seed`. Per configuration the report 
 and the sample standard deviation (n - 1; blank for one seed) over seeds of the final test error
 and loss, the misaligned filters at round 0 and at the end, the realised h, and the
 heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with the same other
-settings and the same seed (blank where no such h=0 run exists, and for other schemes).
+settings and the same seed; for dirichlet and pathological runs, test_error minus that of the iid
+run with the same other settings and seed (the IID vs non-IID gap of the paper's practical
+experiments); blank where no such partner exists.
 
 Everything is written atomically (temporary file + rename) into --out (default: the sweep
 folder): summary.csv, summary.md and figures/*.png.
@@ -56,6 +58,7 @@ FIGURES_DIR = "figures"
 SEED_KEY = "seed"
 H_KEY = "heterogeneity.h"
 SCHEME_KEY = "heterogeneity.name"
+HETEROGENEITY_PREFIX = "heterogeneity."
 INIT_KEY = "init.name"
 STEPS_KEY = "init.steps"
 TAU_KEY = "fl.local_steps"
@@ -297,11 +300,16 @@ def summarize(groups: Sequence[Group], keys: Sequence[str] | None = None) -> lis
 
 
 def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group]) -> list[float]:
-    """test_error(h) - test_error(h=0) per seed, against the label_skew h=0 configuration with the
-    same other settings; empty for other schemes or when no partner exists."""
-    if group.settings.get(SCHEME_KEY) != "label_skew" or group.settings.get(H_KEY) is None:
+    """test_error minus the partner's per seed: the label_skew h=0 configuration with the same
+    other settings (label_skew), or the iid one (dirichlet, pathological); empty without one."""
+    scheme = group.settings.get(SCHEME_KEY)
+    if scheme == "label_skew" and group.settings.get(H_KEY) is not None:
+        partner = index.get(_freeze({**group.settings, H_KEY: 0.0}))
+    elif scheme in ("dirichlet", "pathological"):
+        unset = {k: None for k in group.settings if k.startswith(HETEROGENEITY_PREFIX)}  # iid has no options
+        partner = index.get(_freeze({**group.settings, **unset, SCHEME_KEY: "iid"}))
+    else:
         return []
-    partner = index.get(_freeze({**group.settings, H_KEY: 0.0}))
     if partner is None:
         return []
     baseline = partner.by_seed()
@@ -373,8 +381,8 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
                                          decimals, signed=stem == "heterogeneity_penalty"))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with "
-              "the same other settings and seed, over the seeds that have such a partner; blank "
-              "without an h=0 run or for other heterogeneity schemes.", ""]
+              "the same other settings and seed (dirichlet/pathological: minus the iid run's), over the "
+              "seeds that have such a partner; blank without a partner.", ""]
     lines += [*notes, ""] if notes else []
     lines.append(unfinished_line(unfinished, keys))
     if figures:

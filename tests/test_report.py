@@ -421,3 +421,24 @@ def test_variants_of_one_init_are_shades_of_its_colour(tmp_path: Path) -> None:
     for axis in figure.axes:
         for container in axis.containers:
             assert _rgb(container.lines[0].get_color()) == _rgb(report.init_colour("pretrained"))
+
+
+def test_dirichlet_penalty_is_the_gap_to_the_iid_run_of_the_same_seed(tmp_path: Path) -> None:
+    def dirichlet(init: str, seed: int, alpha: float) -> dict[str, Any]:
+        settings = nested_settings(init, None, seed, scheme="dirichlet")
+        settings["heterogeneity"].update(alpha=alpha, min_partition_size=2)
+        return settings
+
+    errors = {("random", 0): (0.15, 0.20), ("random", 1): (0.17, 0.25), ("pretrained", 0): (0.10, 0.11)}
+    for (init, seed), (iid_error, skewed_error) in errors.items():
+        write_run(tmp_path / f"{init}-iid-{seed}", nested_settings(init, None, seed, scheme="iid"),
+                  test_error=iid_error, misaligned_init=20, realised_h=0.05)
+        write_run(tmp_path / f"{init}-dir-{seed}", dirichlet(init, seed, 0.1), test_error=skewed_error,
+                  misaligned_init=20, realised_h=0.7)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    rows = {(r["init.name"], r["heterogeneity.name"]): r for r in report.summarize(groups)}
+    random_gap = rows[("random", "dirichlet")]
+    assert random_gap["heterogeneity_penalty_n"] == 2
+    assert random_gap["heterogeneity_penalty_mean"] == pytest.approx((0.05 + 0.08) / 2)
+    assert rows[("pretrained", "dirichlet")]["heterogeneity_penalty_mean"] == pytest.approx(0.01)
+    assert math.isnan(rows[("random", "iid")]["heterogeneity_penalty_mean"])

@@ -148,17 +148,15 @@ def local_step_count(settings: ExperimentSettings, num_examples: int) -> int:
 
 def train_image_model(
     settings: ExperimentSettings, model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
-    steps: int, lr: float, stream_index: tuple[int, ...], device: torch.device,
+    steps: int, lr: float, batches: torch.Generator, augmentation: torch.Generator, device: torch.device,
 ) -> float:
-    """The one loop with the image task's loss, optimizer settings and augmentation."""
-    augment = (make_batch_augment(settings.data.name, torch_generator(settings.seed, Stream.AUGMENT, *stream_index))
-               if settings.data.augment else None)
+    """The one loop with the image task's loss, optimizer settings and (seeded) augmentation."""
+    augment = make_batch_augment(settings.data.name, augmentation) if settings.data.augment else None
     return train_steps(
         model, features, labels, functional.cross_entropy,
         steps=steps, lr=lr, batch_size=settings.fl.batch_size,
         momentum=settings.fl.momentum, weight_decay=settings.fl.weight_decay,
-        generator=torch_generator(settings.seed, Stream.LOCAL_BATCHES, *stream_index),
-        transform=augment, device=device, eval_batch_size=settings.data.eval_batch_size,
+        generator=batches, transform=augment, device=device, eval_batch_size=settings.data.eval_batch_size,
     )
 
 
@@ -176,7 +174,9 @@ def image_local_update(
     model = model_from_state(settings, split.train.info, split.train.num_classes, global_state)
     train_loss = train_image_model(
         settings, model, features, labels, steps=local_step_count(settings, int(labels.shape[0])),
-        lr=settings.fl.lr, stream_index=(partition_id, server_round), device=device,
+        lr=settings.fl.lr, device=device,
+        batches=torch_generator(settings.seed, Stream.LOCAL_BATCHES, partition_id, server_round),
+        augmentation=torch_generator(settings.seed, Stream.AUGMENT, partition_id, server_round),
     )
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     return StateUpdate(state=state, num_examples=int(labels.shape[0]), metrics={"train_loss": train_loss})
@@ -211,8 +211,9 @@ def initial_state(settings: ExperimentSettings, split: ImageSplit, device: torch
                        f"{', ...' if len(loaded.skipped) > 4 else ''})")
     if init.name == "proxy_pretrained":
         features, labels = to_tensors(split.train, split.proxy_rows)
-        loss = train_image_model(settings, model, features, labels, steps=init.steps, lr=init.lr,
-                                 stream_index=(-1,), device=device)
+        loss = train_image_model(settings, model, features, labels, steps=init.steps, lr=init.lr, device=device,
+                                 batches=torch_generator(settings.seed, Stream.SOURCE),
+                                 augmentation=torch_generator(settings.seed, Stream.AUGMENT))
         model.cpu()
         return model, (f"pre-trained centrally for {init.steps} steps on the server's proxy split "
                        f"({len(labels)} images), final proxy loss {loss:.4f}")
