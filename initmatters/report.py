@@ -83,10 +83,10 @@ INIT_COLOURS = {
     "align_flip": "tab:green",
     "misaligned_fraction": "tab:red",
     "checkpoint": "tab:purple",
-    "proxy_pretrained": "tab:orange",  # the image task's pre-training (never in a figure with "pretrained")
+    "proxy_pretrained": "tab:olive",  # the image task's inits
     "imagenet": "tab:brown",
 }
-SPARE_COLOURS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+SPARE_COLOURS = ("tab:pink", "tab:cyan", "tab:gray")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo")
 
 FIGURE_FILES = {

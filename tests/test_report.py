@@ -358,8 +358,9 @@ def test_init_colour_is_one_fixed_mapping() -> None:
     known = {name: _rgb(report.init_colour(name)) for name in report.INIT_COLOURS}
     assert len(set(known.values())) == len(known)  # inits are told apart
     assert known["random"] == _rgb("tab:blue") and known["pretrained"] == _rgb("tab:orange")
-    assert _rgb(report.init_colour("imagenet")) == _rgb(report.init_colour("imagenet"))  # unlisted: fixed by name
-    assert _rgb(report.init_colour("imagenet")) in {_rgb(c) for c in report.SPARE_COLOURS}
+    unlisted = "some_new_init"
+    assert _rgb(report.init_colour(unlisted)) == _rgb(report.init_colour(unlisted))  # unlisted: fixed by name
+    assert _rgb(report.init_colour(unlisted)) in {_rgb(c) for c in report.SPARE_COLOURS}
 
 
 def test_each_init_keeps_its_colour_across_panels_and_figures(tmp_path: Path) -> None:
