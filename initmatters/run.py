@@ -44,7 +44,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a SuperLink connection of $FLWR_HOME/config.toml (default: a private local simulation)")
     parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME,
                         help="FLWR_HOME (default: .flwr/ in the checkout)")
-    return parser.parse_args(argv)
+    parser.add_argument("--client-gpus", type=float, default=0.0,
+                        help="GPU share of each simulated client (e.g. 0.2 = five per GPU; default 0: none)")
+    args = parser.parse_args(argv)
+    if not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
+        parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
+    return args
 
 
 def load_settings_or_report(overrides: Sequence[str]) -> tuple[ExperimentSettings, str] | None:
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         federation_config = None
     else:
         superlink = simulation_superlink(flwr_home)
-        federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1}
+        federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
+                             "client-resources-num-gpus": args.client_gpus}
     with superlink as env:
         flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
     if not (output_dir / SUMMARY_FILE).exists():
