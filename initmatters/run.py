@@ -52,11 +52,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def load_settings_or_report(overrides: Sequence[str]) -> tuple[ExperimentSettings, str] | None:
+def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
+                            ) -> tuple[ExperimentSettings, str] | None:
     """load_settings(overrides) (settings, resolved YAML); on a bad setting, print its one-line
-    `error: ...` to stderr and return None (the command line then exits 2)."""
+    `error: ...` to stderr and return None (the command line then exits 2).
+
+    local_data: the clients run on this machine, so an image dataset that is neither in
+    data.data_dir nor downloadable is reported the same way, before anything starts.
+    """
     try:
-        return load_settings(overrides)
+        settings, resolved_yaml = load_settings(overrides)
+        if local_data and settings.image_task:
+            from initmatters.vision.task import check_image_data
+
+            check_image_data(settings.data)
+        return settings, resolved_yaml
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
@@ -64,7 +74,7 @@ def load_settings_or_report(overrides: Sequence[str]) -> tuple[ExperimentSetting
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    loaded = load_settings_or_report(args.overrides)
+    loaded = load_settings_or_report(args.overrides, local_data=args.connection is None)
     if loaded is None:
         return 2
     settings, _ = loaded

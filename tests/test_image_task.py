@@ -433,8 +433,6 @@ def test_missing_cifar10_copy_fails_with_the_download_hint(missing_data_run) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="initmatters/run.py checks only the settings before start-up: the missing "
-                   "image data surfaces ~30 s later as a ServerApp traceback (Flower exit code 700), exit 1")
 def test_missing_cifar10_copy_fails_before_start_up_with_one_line(missing_data_run) -> None:
     completed, elapsed, tmp = missing_data_run
     assert completed.returncode == 2

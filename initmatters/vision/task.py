@@ -66,6 +66,12 @@ def cached_dataset(name: str, split: str, data_dir: str | None) -> ImageDataset:
     return load_image_dataset(name, split, data_dir or None)
 
 
+def check_image_data(data: ImageDataSettings) -> None:
+    """Load both splits once, so missing data fails with its one-line error before any start-up."""
+    for split in ("train", "test"):
+        cached_dataset(data.name, split, data.data_dir)
+
+
 @dataclass(frozen=True)
 class ImageSplit:
     """How the train split is shared: the server's proxy rows and every client's rows."""
