@@ -20,6 +20,12 @@ import torch
 from initmatters.model import CLASS_SIGNS
 
 RUNNING_STAT_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+TRANSITION_KEYS = (  # the 'aligned at init' x 'aligned now' table, in rounds.csv order
+    "misaligned_init_aligned_now",
+    "misaligned_init_misaligned_now",
+    "aligned_init_aligned_now",
+    "aligned_init_misaligned_now",
+)
 
 
 def _class_signs(weight: torch.Tensor) -> torch.Tensor:
@@ -53,14 +59,13 @@ def alignment_counts(weight: torch.Tensor, signal: torch.Tensor) -> dict[str, in
 
 def transition_counts(init_weight: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor) -> dict[str, int]:
     """The 2 x 2 table 'aligned at init' x 'aligned now', over all 2m filters."""
-    at_init = aligned_mask(init_weight, signal)
-    now = aligned_mask(weight, signal)
-    return {
-        "misaligned_init_aligned_now": int((~at_init & now).sum()),
-        "misaligned_init_misaligned_now": int((~at_init & ~now).sum()),
-        "aligned_init_aligned_now": int((at_init & now).sum()),
-        "aligned_init_misaligned_now": int((at_init & ~now).sum()),
-    }
+    return transition_table(aligned_mask(init_weight, signal), aligned_mask(weight, signal))
+
+
+def transition_table(at_init: torch.Tensor, now: torch.Tensor) -> dict[str, int]:
+    """Counts of the 2 x 2 table from boolean 'aligned' masks at init and now (any shape, any model)."""
+    cells = (~at_init & now, ~at_init & ~now, at_init & now, at_init & ~now)
+    return {key: int(cell.sum()) for key, cell in zip(TRANSITION_KEYS, cells, strict=True)}
 
 
 def signal_learning(init_weight: torch.Tensor, weight: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:

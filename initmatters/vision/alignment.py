@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from initmatters.alignment import transition_table
 from initmatters.vision.models import patchify
 
 # --- 1. multi-class patch CNN ---------------------------------------------------------------------
@@ -75,14 +76,7 @@ def alignment_counts(weight: torch.Tensor, signals: torch.Tensor, *, per_class: 
 
 def transition_counts(init_weight: torch.Tensor, weight: torch.Tensor, signals: torch.Tensor) -> dict[str, int]:
     """The 2 x 2 table 'aligned at init' x 'aligned now', over all C m filters."""
-    at_init = aligned_mask(init_weight, signals)
-    now = aligned_mask(weight, signals)
-    return {
-        "misaligned_init_aligned_now": int((~at_init & now).sum()),
-        "misaligned_init_misaligned_now": int((~at_init & ~now).sum()),
-        "aligned_init_aligned_now": int((at_init & now).sum()),
-        "aligned_init_misaligned_now": int((at_init & ~now).sum()),
-    }
+    return transition_table(aligned_mask(init_weight, signals), aligned_mask(weight, signals))
 
 
 # --- 2. ResNet18 first-layer proxy ----------------------------------------------------------------

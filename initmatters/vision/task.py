@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from initmatters.alignment import TRANSITION_KEYS
 from initmatters.federated import ClientDataCache, client_schedule, tensor_bytes
 from initmatters.seeding import Stream, int_seed, numpy_rng, torch_generator
 from initmatters.settings import ExperimentSettings, HeterogeneitySettings, ImageDataSettings, SettingError
@@ -42,12 +43,6 @@ from initmatters.vision.transforms import make_batch_augment
 
 IMAGE_CACHE_BYTES = 2 * 2**30  # per process: the decoded images of the clients it trains (CIFAR-10: 61 MB each)
 PER_CLASS_COLUMNS_UP_TO = 10  # aligned_class{c} columns for at most this many classes
-TRANSITION_COLUMNS = (
-    "misaligned_init_aligned_now",
-    "misaligned_init_misaligned_now",
-    "aligned_init_aligned_now",
-    "aligned_init_misaligned_now",
-)
 RESNET_PROXY_COLUMNS = ("conv1_pc_energy", "conv1_pc_energy_chance", "conv1_pc1_abs_cos")
 
 
@@ -253,7 +248,7 @@ def _alignment_function(settings: ExperimentSettings, init_model: nn.Module, fea
         init_weight = init_model.state_dict()["weight"].detach().clone()
         per_class = num_classes <= PER_CLASS_COLUMNS_UP_TO
         columns = ("aligned", "misaligned", *(f"aligned_class{c}" for c in range(num_classes) if per_class),
-                   *TRANSITION_COLUMNS)
+                   *TRANSITION_KEYS)
 
         def patch_alignment(state: State) -> dict[str, float]:
             weight = state["weight"]
