@@ -102,9 +102,14 @@ def save_weight(path: Path, weight: torch.Tensor) -> None:
     save_state(path, {WEIGHT_KEY: weight})
 
 
+def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a state dict, names in order (safe to keep while the model trains on)."""
+    return {key: value.detach().cpu().clone() for key, value in state.items()}
+
+
 def save_state(path: Path, state: Mapping[str, torch.Tensor]) -> None:
     """Save a model's state dict (CPU copies, names in order) atomically."""
-    save_tensor_atomic(path, {key: value.detach().cpu().clone() for key, value in state.items()})
+    save_tensor_atomic(path, cpu_state(state))
 
 
 def format_cell(value: Any) -> str:

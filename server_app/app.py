@@ -39,6 +39,7 @@ from initmatters.plots import plot_run
 from initmatters.results import (
     SUMMARY_FILE,
     RoundLog,
+    cpu_state,
     save_state,
     save_tensor_atomic,
     write_json_atomic,
@@ -110,18 +111,14 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
-def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: value.detach().cpu().clone() for key, value in state.items()}
-
-
 def save_checkpoint(output_dir: Path, server_round: int, state: Mapping[str, torch.Tensor],
                     init_state: Mapping[str, torch.Tensor], rows: list[dict[str, Any]],
                     resolved_config_yaml: str) -> None:
     """Write the checkpoint of `server_round` atomically (a crash leaves the previous one intact)."""
     checkpoint = {
         "round": server_round,
-        "state": _cpu_copy(state),
-        "init_state": _cpu_copy(init_state),
+        "state": cpu_state(state),
+        "init_state": cpu_state(init_state),
         "rows": [{key: _plain(value) for key, value in row.items()} for row in rows],
         "config_yaml": resolved_config_yaml,
     }

@@ -31,6 +31,7 @@ from torch.nn import functional
 
 from initmatters.alignment import TRANSITION_KEYS
 from initmatters.federated import ClientDataCache, client_schedule, tensor_bytes
+from initmatters.results import cpu_state
 from initmatters.seeding import Stream, int_seed, numpy_rng, torch_generator
 from initmatters.settings import ExperimentSettings, HeterogeneitySettings, ImageDataSettings, SettingError
 from initmatters.tasks import State, StateUpdate, TaskServer, partition_summary
@@ -289,7 +290,7 @@ def image_server_setup(settings: ExperimentSettings) -> TaskServer:
     test, features, labels = server_test_tensors(settings)
     info, num_classes = split.train.info, split.train.num_classes
     init_model, how = initial_state(settings, split, device)
-    init_state = {key: value.detach().cpu().clone() for key, value in init_model.state_dict().items()}
+    init_state = cpu_state(init_model.state_dict())
     alignment_columns, alignment_fn = _alignment_function(settings, init_model, features, labels, num_classes)
     eval_model = build_model(settings, info, num_classes)
 
