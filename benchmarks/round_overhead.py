@@ -13,7 +13,7 @@ fl.num_clients, fl.fraction_train overridden):
     project's ClientApp; per-round times are the differences of rounds.csv's elapsed_s, with the
     first --warmup rounds left out (actor start-up, first imports);
 (b) a plain loop doing the same work: every scheduled client runs
-    `initmatters.federated.local_update` (w(0) passed when log.noise_memorization is on, as the
+    `tasks.synthetic.task.local_update` (w(0) passed when log.noise_memorization is on, as the
     strategy does), the client weights are averaged in float32 with weights n_k / sum n_k in
     partition-id order (as Flower's FedAvg), then the server computes the alignment report and
     `central_metrics` on its test set. It runs before and after (a), and its per-round time is the
@@ -64,31 +64,11 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # memory of the process tree, from /proc (psutil is not installed)
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        # the command name (field 2) may hold spaces/parens: split after the last ')'
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
 def process_tree(root: int) -> list[int]:
     """root and all its descendants (Ray's GCS, raylet and workers are children of the driver)."""
-    children = _children_map()
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
+    from initmatters.launch import descendants
+
+    return [root, *descendants(root)]
 
 
 def rss_bytes(pid: int) -> int:
@@ -163,49 +143,45 @@ class MemorySampler(threading.Thread):
 
 
 def check_client_data(settings, setup, how_many: int = 3) -> None:
-    """The clients trained by local_update hold initmatters.partition.client_dataset's data.
+    """The clients trained by local_update hold the synthetic task's partition.client_dataset data.
 
-    local_update memoizes the data per process (initmatters.federated.cached_client_dataset);
-    this checks the first scheduled clients against the reference function, outside the timing.
+    local_update memoizes the data per process (tasks.synthetic.task.cached_client_dataset); this
+    checks the first scheduled clients against the reference function, outside the timing.
     """
-    from initmatters import federated
-    from initmatters.partition import client_dataset
+    from initmatters_core.tasks.synthetic.partition import client_dataset
+    from initmatters_core.tasks.synthetic.task import cached_client_dataset as cached
 
-    cached = getattr(federated, "cached_client_dataset", None)
-    if cached is None:  # a checkout from before the cache: local_update calls client_dataset itself
-        return
     num_clients = settings.fl.num_clients
+    signal = setup.artifacts["signal.pt"]
     for k in setup.schedule[0][:how_many]:
-        expected = client_dataset(settings.data, settings.heterogeneity, settings.seed, k, num_clients, setup.signal)
+        expected = client_dataset(settings.data, settings.heterogeneity, settings.seed, k, num_clients, signal)
         got = cached(settings.data, settings.heterogeneity, settings.seed, k, num_clients)
         if not (torch.equal(expected.features, got.features) and torch.equal(expected.labels, got.labels)):
-            raise RuntimeError(f"client {k}: cached data differ from initmatters.partition.client_dataset")
+            raise RuntimeError(f"client {k}: cached data differ from partition.client_dataset's")
 
 
 def plain_fedavg(settings, setup, num_rounds: int) -> tuple[list[float], torch.Tensor]:
     """The plain in-process FedAvg loop; returns (seconds per round, final global weight)."""
-    from initmatters.alignment import alignment_report
-    from initmatters.federated import central_metrics, local_update
+    from initmatters_core.tasks.synthetic.task import local_update
 
     num_clients = settings.fl.num_clients
     check_client_data(settings, setup)
-    init_weight = setup.init_weight if settings.log.noise_memorization else None
-    weight = setup.init_weight.clone()
+    init_state = setup.init_state if settings.log.noise_memorization else None
+    weight = setup.init_state["weight"].clone()
     times = []
     for server_round in range(1, num_rounds + 1):
         started = time.perf_counter()
         updates = [
-            local_update(settings, k, num_clients, weight, init_weight, server_round)
+            local_update(settings, k, num_clients, {"weight": weight}, init_state, server_round)
             for k in setup.schedule[server_round - 1]
         ]
         total = sum(update.num_examples for update in updates)
         average = None
         for update in updates:
-            term = update.weight.to(torch.float32) * (update.num_examples / total)
+            term = update.state["weight"].to(torch.float32) * (update.num_examples / total)
             average = term if average is None else average.add_(term)
         weight = average
-        alignment_report(setup.init_weight, weight, setup.signal)
-        central_metrics(weight, setup.test)
+        setup.central_metrics({"weight": weight})  # test error and alignment, as the server does
         times.append(time.perf_counter() - started)
     return times, weight
 
@@ -223,7 +199,7 @@ def flower_simulation(settings, resolved_yaml: str, output_dir: Path, backend_co
     else:  # what-if: the same run_federated with a shorter Grid polling interval (InMemoryGrid)
         from flwr.serverapp import Grid, ServerApp
 
-        from server_app.app import run_federated
+        from server_app.experiment import run_federated
 
         server_app = ServerApp()
 
@@ -303,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from initmatters.compose import load_settings, split_overrides
-    from initmatters.federated import server_setup
+    from initmatters_core.tasks.synthetic.task import server_setup
 
     if args.driver_threads > 0:
         torch.set_num_threads(args.driver_threads)

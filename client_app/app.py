@@ -1,10 +1,9 @@
-"""ClientApp: a thin adapter from Flower messages to `initmatters.tasks.local_update`.
+"""ClientApp: a thin adapter from Flower messages to the task's `local_update`.
 
-A client needs only the message (global model as a state dict, the run's settings as a flat
-ConfigRecord and, optionally, w(0)) and its node config (partition-id, num-partitions and, for
-image data kept at a node-specific place, data-dir); it keeps no state in the Context. Per
-process it memoizes its data (a pure function of the settings and the partition) and runs torch
-with one intra-op thread.
+A client needs only the message (global model, the round's config with the client's settings,
+optionally w(0)) and its node config (partition-id, num-partitions and, for image data kept at a
+node-specific place, data-dir); it keeps no state in the Context. Per process it memoizes its
+data (a pure function of the settings and the partition) and runs torch with one intra-op thread.
 """
 
 from __future__ import annotations
@@ -15,13 +14,25 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from initmatters.federated import unflatten_settings
-from initmatters.settings import ExperimentSettings
-from initmatters.tasks import local_update
-from strategies.alignment_fedavg import INIT_ARRAYS_KEY, arrays_to_state, state_to_arrays
-
-PARTITION_KEYS = ("partition-id", "num-partitions")
-DATA_DIR_KEY = "data-dir"  # optional node config: this node's local copy of an image dataset
+from initmatters.protocol import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    DATA_DIR_KEY,
+    INIT_ARRAYS_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    PARTITION_KEY,
+    PROXIMAL_MU_KEY,
+    SERVER_ROUND_KEY,
+    arrays_to_state,
+    config_to_settings,
+    state_to_arrays,
+)
+from initmatters_core.federation import check_partition_id
+from initmatters_core.settings import ClientSettings
+from initmatters_core.tasks import load_task
 
 app = ClientApp()
 
@@ -29,7 +40,7 @@ app = ClientApp()
 def node_partition(context: Context) -> tuple[int, int]:
     """(partition-id, num-partitions) from the node config, with a one-line error if unusable."""
     values = []
-    for key in PARTITION_KEYS:
+    for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY):
         value = context.node_config.get(key)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
@@ -40,8 +51,10 @@ def node_partition(context: Context) -> tuple[int, int]:
     partition_id, num_partitions = values
     if num_partitions < 1:
         raise ValueError(f"node config num-partitions={num_partitions} is invalid: allowed an integer >= 1")
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"node config partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
+    try:
+        check_partition_id(partition_id, num_partitions)
+    except ValueError as error:
+        raise ValueError(f"node config {error}") from None
     return partition_id, num_partitions
 
 
@@ -49,8 +62,8 @@ def node_partition(context: Context) -> tuple[int, int]:
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (lets it schedule and order clients)."""
     partition_id, num_partitions = node_partition(context)
-    reply = ConfigRecord({"partition-id": partition_id, "num-partitions": num_partitions})
-    return Message(RecordDict({"partition": reply}), reply_to=msg)
+    reply = ConfigRecord({PARTITION_ID_KEY: partition_id, NUM_PARTITIONS_KEY: num_partitions})
+    return Message(RecordDict({PARTITION_KEY: reply}), reply_to=msg)
 
 
 def single_threaded_torch() -> None:
@@ -65,14 +78,14 @@ def single_threaded_torch() -> None:
         torch.set_num_threads(1)
 
 
-def with_node_data_dir(settings: ExperimentSettings, context: Context) -> ExperimentSettings:
+def with_node_data_dir(settings: ClientSettings, context: Context) -> ClientSettings:
     """The run's settings with data.data_dir replaced by this node's `data-dir`, when it has one.
 
     In a deployment every device may keep its copy of the dataset elsewhere; the partition a
     node trains is still fixed by partition-id (the rows are the same in every copy).
     """
     data_dir = context.node_config.get(DATA_DIR_KEY)
-    if data_dir is None or not settings.image_task:
+    if data_dir is None or not hasattr(settings.data, "data_dir"):
         return settings
     return dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=str(data_dir)))
 
@@ -82,16 +95,17 @@ def train(msg: Message, context: Context) -> Message:
     """Run the local update on this node's partition and reply with the state dict and metrics."""
     single_threaded_torch()
     partition_id, num_partitions = node_partition(context)
-    config = msg.content["config"]
-    settings = with_node_data_dir(unflatten_settings(dict(config)), context)
+    config = msg.content[CONFIG_KEY]
+    settings = with_node_data_dir(config_to_settings(config), context)
     init_record = msg.content.get(INIT_ARRAYS_KEY)
-    update = local_update(
+    update = load_task(settings).local_update(
         settings,
         partition_id,
         num_partitions,
-        global_state=arrays_to_state(msg.content["arrays"]),
+        global_state=arrays_to_state(msg.content[ARRAYS_KEY]),
         init_state=arrays_to_state(init_record) if init_record is not None else None,
-        server_round=int(config["server-round"]),
+        server_round=int(config[SERVER_ROUND_KEY]),
+        proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),
     )
-    metrics = MetricRecord({**update.metrics, "num-examples": update.num_examples})
-    return Message(RecordDict({"arrays": state_to_arrays(update.state), "metrics": metrics}), reply_to=msg)
+    metrics = MetricRecord({**update.metrics, NUM_EXAMPLES_KEY: update.num_examples})
+    return Message(RecordDict({ARRAYS_KEY: state_to_arrays(update.state), METRICS_KEY: metrics}), reply_to=msg)

@@ -15,7 +15,9 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from initmatters.settings import ExperimentSettings, SettingError
+from initmatters_core.settings import ExperimentSettings, SettingError
+from initmatters_core.tasks import settings_from_dict
+from strategies import check_strategy
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
@@ -51,7 +53,9 @@ def settings_from_config(config: DictConfig) -> ExperimentSettings:
     except OmegaConfBaseException as error:
         raise SettingError(" ".join(str(error).split())) from None
     assert isinstance(values, dict)
-    return ExperimentSettings.from_dict(values)
+    settings = settings_from_dict(values)
+    check_strategy(settings.strategy)
+    return settings
 
 
 def load_settings(overrides: str | Sequence[str] = ()) -> tuple[ExperimentSettings, str]:

@@ -14,15 +14,6 @@ checkpoint the ServerApp writes after every round.
 
 from __future__ import annotations
 
-import os
-
-if __name__ == "__main__":
-    # Before anything imports numpy (the imports below do): one OpenBLAS thread, unless the user
-    # chose otherwise. NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler, so
-    # a threaded BLAS call that overlaps a fork (ray.init) spins forever; this hung a run once
-    # (benchmarks/README.md, recommendation 5). Children (SuperLink, SuperNodes) inherit it.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
 import json
 import re
@@ -49,16 +40,16 @@ from initmatters.launch import (
     flwr_run,
     free_port,
     managed_process,
+    processes_with_flwr_home,
     terminate_pids,
     venv_script,
 )
-from initmatters.results import SUMMARY_FILE
-from initmatters.run import default_output_dir, load_settings_or_report
+from initmatters.run import load_settings_or_report
+from initmatters_core.results import SUMMARY_FILE, RunFiles, default_output_dir
 
 CONNECTION = "deploy"  # the [superlink.deploy] connection written to the SuperLink's FLWR_HOME
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"
 COMPLETED = "finished:completed"
-CHECKPOINT_FILE = Path("checkpoint") / "checkpoint.pt"  # as server_app.app.checkpoint_path
 
 
 class DeployError(RuntimeError):
@@ -79,33 +70,9 @@ class RunOutcome:
         return self.summary_written and self.status == COMPLETED
 
 
-def leftover_processes(workdir: Path) -> list[int]:
-    """PIDs of live processes (other than this one) whose FLWR_HOME lies under `workdir`.
-
-    Flower starts SuperExec and app processes in sessions of their own; when their parent dies
-    first (a killed SuperLink), they are re-parented and no longer found through the tree.
-    """
-    prefix = str(workdir.resolve())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            variables = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in variables:
-            if item.startswith(b"FLWR_HOME="):
-                home = item[len(b"FLWR_HOME="):].decode(errors="replace")
-                if home == prefix or home.startswith(prefix + os.sep):
-                    found.append(int(entry.name))
-                break
-    return found
-
-
 def stop_leftovers(workdir: Path, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, every process leftover_processes(workdir) finds."""
-    terminate_pids(leftover_processes(workdir), timeout)
+    """SIGTERM, then SIGKILL, every process processes_with_flwr_home(workdir) finds."""
+    terminate_pids(processes_with_flwr_home(workdir), timeout)
 
 
 def wait_until_serving(port: int, process: subprocess.Popen, ca_file: Path | None, timeout: float = 60.0) -> None:
@@ -335,8 +302,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _check_output_dir(output_dir: Path, resume: bool, resolved_yaml: str) -> str | None:
     """The one-line problem with using `output_dir` (None if fine)."""
-    checkpoint = output_dir / CHECKPOINT_FILE
-    if (output_dir / SUMMARY_FILE).exists():
+    files = RunFiles(output_dir)
+    checkpoint = files.checkpoint
+    if files.finished():
         return f"{output_dir} already holds a finished run: choose another folder"
     if not resume:
         if checkpoint.exists():
@@ -344,8 +312,8 @@ def _check_output_dir(output_dir: Path, resume: bool, resolved_yaml: str) -> str
                     f"or choose another folder")
         return None
     if not checkpoint.exists():
-        return f"--resume {output_dir}: no checkpoint there ({CHECKPOINT_FILE} is missing)"
-    config = output_dir / "config.yaml"
+        return f"--resume {output_dir}: no checkpoint there ({checkpoint.relative_to(output_dir)} is missing)"
+    config = files.config
     if config.exists() and config.read_text() != resolved_yaml:
         return (f"--resume {output_dir}: the run was made with other settings than these overrides: "
                 f"pass the same overrides as the interrupted run (see {config})")
@@ -368,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"(one SuperNode per client; add -- fl.num_clients={args.nodes})")
     elif args.auth and not args.tls:
         problem = "--auth needs --tls: Flower enables SuperNode authentication only over TLS"
-    output_dir = (args.resume or args.output_dir or default_output_dir()).resolve()
+    output_dir = (args.resume or args.output_dir or default_output_dir(PROJECT_ROOT)).resolve()
     problem = problem or _check_output_dir(output_dir, args.resume is not None, resolved_yaml)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -73,6 +73,30 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_with_flwr_home(workdir: Path) -> list[int]:
+    """PIDs of live processes (other than this one) whose FLWR_HOME lies under `workdir`.
+
+    Flower starts SuperExec and app processes in sessions of their own; when their parent dies
+    first (a killed SuperLink), they are re-parented and no longer found through the tree.
+    """
+    prefix = str(workdir.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            variables = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in variables:
+            if item.startswith(b"FLWR_HOME="):
+                home = item[len(b"FLWR_HOME="):].decode(errors="replace")
+                if home == prefix or home.startswith(prefix + os.sep):
+                    found.append(int(entry.name))
+                break
+    return found
+
+
 def is_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
@@ -41,19 +40,32 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import yaml  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
 
-from initmatters.results import (  # noqa: E402
+from initmatters_core.plots import (  # noqa: E402
+    INIT_COLOURS,  # noqa: F401  (re-exported: the report's colours are the per-run plots' colours)
+    INIT_ORDER,  # noqa: F401
+    LINE_STYLES,
+    MARKERS,
+    SPARE_COLOURS,  # noqa: F401
+    filters_text,
+    init_colour,
+    init_rank,
+    integer_ticks,
+    marker_every,
+    save_figure,
+    shade,
+    style,
+)
+from initmatters_core.results import (  # noqa: E402
+    CONFIG_FILE,
+    ROUNDS_FILE,
     SUMMARY_FILE,
     format_cell,
     read_rounds_csv,
-    write_bytes_atomic,
     write_text_atomic,
 )
+from initmatters_core.settings import flatten_settings  # noqa: E402
 
-ROUNDS_FILE = "rounds.csv"
-CONFIG_FILE = "config.yaml"
 FIGURES_DIR = "figures"
 SEED_KEY = "seed"
 H_KEY = "heterogeneity.h"
@@ -73,21 +85,6 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("heterogeneity_penalty", "heterogeneity penalty", 4),
 )
 PER_RUN_METRICS = tuple(stem for stem, _, _ in METRICS if stem != "heterogeneity_penalty")
-
-# One colour per initialization, the same in every panel of every figure (matplotlib's tab10);
-# an init not listed gets a spare colour fixed by its name. Variants of one init in a figure
-# (other init.* settings, model.init_std, other settings of a line) are lighter shades of it.
-INIT_COLOURS = {
-    "random": "tab:blue",
-    "pretrained": "tab:orange",
-    "align_flip": "tab:green",
-    "misaligned_fraction": "tab:red",
-    "checkpoint": "tab:purple",
-    "proxy_pretrained": "tab:olive",  # the image task's inits
-    "imagenet": "tab:brown",
-}
-SPARE_COLOURS = ("tab:pink", "tab:cyan", "tab:gray")
-HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo")
 
 FIGURE_FILES = {
     "test_error_vs_h": "test_error_vs_h.png",
@@ -150,18 +147,6 @@ class Group:
 
 # --------------------------------------------------------------------------------------------
 # Loading
-
-
-def flatten_settings(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"init": {"name": "random"}, "seed": 0} -> {"init.name": "random", "seed": 0}."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_settings(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def scan_sweep(folder: Path) -> tuple[list[Run], list[Unfinished]]:
@@ -414,6 +399,33 @@ def format_setting(value: Any) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Figures
+#
+# Conventions (initmatters_core.plots): one colour per init (INIT_COLOURS), variants of an init
+# in lighter shades of it; inits in INIT_ORDER; panels that compare one metric share the y-axis;
+# a legend names only the settings that change inside a panel (a key that is constant in every
+# panel, such as num_rounds = 500 / tau next to tau, goes to the panel title); error bars and bands
+# are the sample std over seeds, drawn only where a point has two or more seeds; titles name the
+# dataset, the seeds (n) and, for the misaligned-filter figures, the filter count.
+
+# How a setting reads in legends and titles ("{}" is the value); other keys read "<last part>=<value>".
+PRETTY_KEYS = {
+    H_KEY: "h = {}",
+    "heterogeneity.alpha": "α = {}",
+    "heterogeneity.classes_per_client": "{} classes/client",
+    TAU_KEY: "τ = {}",
+    "fl.local_epochs": "{} local epoch(s)",
+    "fl.num_rounds": "{} round(s)",
+    "fl.num_clients": "K = {}",
+    "fl.lr": "η = {}",
+    "model.init_std": "σ₀ = {}",
+    "model.filters_per_class": "m = {}",
+    STEPS_KEY: "{} pre-training step(s)",
+    "init.misaligned_fraction": "q = {}",
+    "init.lr": "pre-training lr = {}",
+}
+AXIS_NAMES = {"model.init_std": "init std σ₀ (model.init_std)", STEPS_KEY: "pre-training steps (init.steps)"}
+SCHEME_NAMES = {"label_skew": "label skew", "iid": "IID", "dirichlet": "Dirichlet", "pathological": "pathological"}
+MISALIGNED = "misaligned"
 
 
 def make_figures(groups: Sequence[Group], keys: Sequence[str], figures_dir: Path) -> list[Path]:
@@ -431,120 +443,240 @@ def make_figures(groups: Sequence[Group], keys: Sequence[str], figures_dir: Path
         if figure is None:
             path.unlink(missing_ok=True)
             continue
-        _save(figure, path)
+        save_figure(figure, path)
         written.append(path)
     return written
 
 
 def figure_test_error_vs_h(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
-    """Final test error vs label_skew h, a line per init (and other settings), a panel per tau."""
+    """Final test error vs label_skew h, a line per init (and other settings), a panel per tau
+    (shared y-axis); error bars: std over seeds."""
     skew = [g for g in groups if g.settings.get(SCHEME_KEY) == "label_skew" and g.settings.get(H_KEY) is not None]
     if len({g.settings[H_KEY] for g in skew}) < 2:
         return None
     panel_keys = [TAU_KEY] if TAU_KEY in keys else []
-    line_keys = [k for k in keys if k not in (H_KEY, SCHEME_KEY, TAU_KEY)]
     panels = _partition(skew, panel_keys)
+    line_keys, covarying = _split_covarying(panels, [k for k in keys if k not in (H_KEY, SCHEME_KEY, TAU_KEY)])
     colours = line_colours(skew, line_keys)
-    figure, axes = _panels(len(panels))
-    for axis, (panel_label, members) in zip(axes, panels.items(), strict=False):
-        for line_label, line in _partition(members, line_keys).items():
-            line.sort(key=lambda g: g.settings[H_KEY])
-            stats = [mean_std(run.test_error for run in g.runs) for g in line]
-            axis.errorbar([g.settings[H_KEY] for g in line], [m for m, _ in stats],
-                          yerr=[0.0 if math.isnan(s) else s for _, s in stats], marker="o", capsize=3,
-                          label=line_label or "runs", color=colours[line_label])
-        axis.set(xlabel="label skew h", ylabel="final test error", title=_tau_title(panel_label))
-        axis.legend(fontsize="small")
-    figure.suptitle("Test error vs heterogeneity (error bars: std over seeds)")
+    markers = _markers(_partition(skew, line_keys))
+    hs = sorted({g.settings[H_KEY] for g in skew})
+    with style():
+        figure, axes = _panels(len(panels), sharey=True)
+        for axis, members in zip(axes, panels.values(), strict=False):
+            for line_label, line in _partition(members, line_keys).items():
+                line.sort(key=lambda g: g.settings[H_KEY])
+                means, stds = _stats(line, "test_error")
+                axis.errorbar([g.settings[H_KEY] for g in line], means, yerr=_yerr(stds), marker=markers[line_label],
+                              label=line_label or "runs", color=colours[line_label])
+            axis.set_title(_label(members[0], [*panel_keys, *covarying]))
+            axis.set_xlabel("label skew h")
+            axis.set_xticks(hs, [format_setting(h) for h in hs])
+        _label_first_column(axes, "final test error")
+        _figure_legend(figure, axes)
+        _suptitle(figure, "final test error vs label skew h", skew, [*panel_keys, *covarying, *line_keys, H_KEY],
+                  spread="error bars")
     return figure
 
 
 def figure_misaligned_vs_round(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
-    """Misaligned filters vs round (mean over seeds) per configuration: colour = init, line
-    style = heterogeneity; a panel per value of the other varying settings."""
+    """Misaligned filters vs round, mean over seeds with a ± std band (clipped at 0; none for one
+    seed): colour = init (variants lighter), line style and marker = heterogeneity (or, without a
+    heterogeneity setting, the variant of the init); a panel per value of the other varying
+    settings (shared y-axis)."""
     init_keys, het_keys = _init_keys(keys), _het_keys(keys)
     if len(groups) < 2 or not (init_keys or het_keys):
         return None
+    if not any(_measured(run, MISALIGNED) for g in groups for run in g.runs):
+        return None  # a model without the filter alignment (resnet18)
     panel_keys = [k for k in keys if k not in init_keys and k not in het_keys]
-    hets = sorted({_label(g, het_keys) for g in groups}, key=lambda s: s)
-    colours = line_colours(groups, init_keys)
-    styles = dict(zip(hets, cycle(["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3))]), strict=False))
     panels = _partition(groups, panel_keys)
-    figure, axes = _panels(len(panels))
-    for axis, (panel_label, members) in zip(axes, panels.items(), strict=False):
-        for group in sorted(members, key=lambda g: (_label(g, init_keys), _label(g, het_keys))):
-            rounds, means = _mean_curve(group.runs, "misaligned")
-            init_label, het_label = _label(group, init_keys), _label(group, het_keys)
-            label = " | ".join(part for part in (init_label, het_label) if part)
-            axis.plot(rounds, means, color=colours[init_label], linestyle=styles[het_label], label=label)
-        axis.set(xlabel="round", ylabel="misaligned filters (mean over seeds)", title=panel_label)
-        axis.legend(fontsize="small")
-    figure.suptitle("Misaligned filters over rounds")
+    init_keys, init_covarying = _split_covarying(panels, init_keys)
+    het_keys, het_covarying = _split_covarying(panels, het_keys)
+    covarying = [*init_covarying, *het_covarying]
+    colours = line_colours(groups, init_keys)
+    lines = _partition(groups, [*init_keys, *het_keys])
+    order = list(lines)
+    if het_keys:  # line style and marker tell the heterogeneity apart
+        hets = list(_partition(groups, het_keys))
+        style_of = {label: hets.index(_label(members[0], het_keys)) for label, members in lines.items()}
+    else:  # the variants of one init: its 1st, 2nd, ... variant
+        seen: dict[Any, int] = {}
+        style_of = {}
+        for label, members in lines.items():
+            init = members[0].settings.get(INIT_KEY)
+            style_of[label] = seen[init] = seen.get(init, -1) + 1
+    with style():
+        figure, axes = _panels(len(panels), sharey=True, width=5.0)
+        for axis, members in zip(axes, panels.values(), strict=False):
+            for group in sorted(members, key=lambda g: order.index(_label(g, [*init_keys, *het_keys]))):
+                label = _label(group, [*init_keys, *het_keys])
+                rounds, means, stds = _mean_curve(group.runs, MISALIGNED)
+                colour, index = colours[_label(group, init_keys)], style_of[label]
+                every = marker_every(len(rounds), 10)
+                axis.plot(rounds, means, color=colour, linestyle=LINE_STYLES[index % len(LINE_STYLES)],
+                          marker=MARKERS[index % len(MARKERS)], markersize=4.5, label=label,
+                          markevery=((order.index(label) * max(1, every // 3)) % every, every))
+                if len(group.runs) > 1:
+                    low = [max(0.0, m - s) for m, s in zip(means, stds, strict=True)]
+                    high = [m + s for m, s in zip(means, stds, strict=True)]
+                    axis.fill_between(rounds, low, high, color=colour, alpha=0.15, linewidth=0)
+            axis.set_title(_label(members[0], [*panel_keys, *covarying]))
+            axis.set_xlabel("round")
+            integer_ticks(axis, "x")
+        integer_ticks(axes[0], "y")
+        axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))
+        _label_first_column(axes, "misaligned filters")
+        _figure_legend(figure, axes)
+        _suptitle(figure, "misaligned filters over rounds", groups, [*panel_keys, *covarying, *init_keys, *het_keys],
+                  spread="shaded band", filters=True)
     return figure
 
 
 def figure_pretraining_steps(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
-    """Among init=pretrained: pre-training steps vs misaligned at init and vs final test error."""
+    """Among init=pretrained: pre-training steps vs misaligned filters at round 0 and vs final test error."""
     pretrained = [g for g in groups
                   if g.settings.get(INIT_KEY) == "pretrained" and g.settings.get(STEPS_KEY) is not None]
     if len({g.settings[STEPS_KEY] for g in pretrained}) < 2:
         return None
-    line_keys = [k for k in keys if k not in (STEPS_KEY, INIT_KEY)]
+    line_keys, _ = _split_covarying({"": pretrained}, [k for k in keys if k not in (STEPS_KEY, INIT_KEY)])
     colours = line_colours(pretrained, line_keys)
-    figure, axes = _panels(2)
-    for line_label, line in _partition(pretrained, line_keys).items():
-        line.sort(key=lambda g: g.settings[STEPS_KEY])
-        steps = [g.settings[STEPS_KEY] for g in line]
-        for axis, metric in zip(axes, ("misaligned_init", "test_error"), strict=True):
-            stats = [mean_std(run.metric(metric) for run in g.runs) for g in line]
-            axis.errorbar(steps, [m for m, _ in stats], yerr=[0.0 if math.isnan(s) else s for _, s in stats],
-                          marker="o", capsize=3, label=line_label or "pretrained", color=colours[line_label])
-    axes[0].set(xlabel="pre-training steps (init.steps)", ylabel="misaligned filters at round 0")
-    axes[1].set(xlabel="pre-training steps (init.steps)", ylabel="final test error")
-    for axis in axes:
-        axis.legend(fontsize="small")
-    figure.suptitle("Pre-training length (error bars: std over seeds)")
+    markers = _markers(_partition(pretrained, line_keys))
+    steps_all = sorted({g.settings[STEPS_KEY] for g in pretrained})
+    with style():
+        figure, axes = _panels(2, sharey=False)
+        for line_label, line in _partition(pretrained, line_keys).items():
+            line.sort(key=lambda g: g.settings[STEPS_KEY])
+            steps = [g.settings[STEPS_KEY] for g in line]
+            for axis, metric in zip(axes, ("misaligned_init", "test_error"), strict=True):
+                means, stds = _stats(line, metric)
+                axis.errorbar(steps, means, yerr=_yerr(stds), marker=markers[line_label],
+                              label=line_label or "pretrained", color=colours[line_label])
+        positive = [s for s in steps_all if s > 0]
+        for axis in axes:
+            if positive and max(positive) / min(positive) >= 20:  # 0, 1, 2, 5, ..., 50: spread the small ones
+                axis.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+                axis.set_xticks(steps_all, [format_setting(s) for s in steps_all])
+                axis.xaxis.set_minor_locator(plt.NullLocator())
+            else:
+                integer_ticks(axis, "x")
+            axis.set_xlabel(AXIS_NAMES[STEPS_KEY])
+        axes[0].set_ylabel("misaligned filters at round 0")
+        integer_ticks(axes[0], "y")
+        axes[1].set_ylabel("final test error")
+        axes[0].set_title("misaligned filters at round 0")
+        axes[1].set_title("final test error")
+        _figure_legend(figure, axes)
+        _suptitle(figure, "pre-training length", pretrained, [*line_keys, STEPS_KEY, INIT_KEY],
+                  spread="error bars", filters=True)
     return figure
 
 
 def figure_init_variants(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
-    """Bar chart of final test error per initialization variant (its init's colour), a bar per other
-    configuration (told apart by hatching)."""
+    """Bar chart of the final test error per initialization variant, in the init's colour (variants
+    in lighter shades of it), inits in INIT_ORDER. Without other varying settings the bars are
+    grouped by init with the variant's value on the tick; otherwise a group of bars per value of
+    the other settings, the variants named in the legend. Error bars: std over seeds."""
     init_keys = _init_keys(keys)
     variants = _partition(groups, init_keys)
     if len(variants) < 2:
         return None
     colours = line_colours(groups, init_keys)
-    other_keys = [k for k in keys if k not in init_keys]
-    others = sorted({_label(g, other_keys) for g in groups}, key=lambda s: s)
-    hatches = dict(zip(others, cycle(HATCHES), strict=False))
-    width = 0.8 / len(others)
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(variants) * max(1, len(others)) ** 0.5), 3.8))
-    for i, other in enumerate(others):
-        xs, means, stds, bar_colours = [], [], [], []
-        for x, (variant, members) in enumerate(variants.items()):
-            match = [g for g in members if _label(g, other_keys) == other]
+    other_keys = _reduce_keys(groups, [k for k in keys if k not in init_keys])
+    with style():
+        if not other_keys:
+            figure = _init_bars_by_init(groups, init_keys, variants, colours)
+        else:
+            figure = _init_bars_by_setting(groups, init_keys, other_keys, variants, colours)
+        _suptitle(figure, "final test error per initialization", groups, [*init_keys, *other_keys],
+                  spread="error bars")
+    return figure
+
+
+def _init_bars_by_init(groups: Sequence[Group], init_keys: Sequence[str], variants: Mapping[str, list[Group]],
+                       colours: Mapping[str, Any]) -> plt.Figure:
+    """A group of bars per init (INIT_ORDER), a bar per variant with its value on the tick."""
+    by_init: dict[Any, list[tuple[str, Group]]] = {}
+    for label, members in variants.items():
+        by_init.setdefault(members[0].settings.get(INIT_KEY), []).append((label, members[0]))
+    variant_keys = {init: _split_covarying({"": [g for _, g in bars]}, [k for k in init_keys if k != INIT_KEY])[0]
+                    for init, bars in by_init.items()}
+    shared = {tuple(v) for v in variant_keys.values() if v}
+    value_only = len(shared) == 1 and len(next(iter(shared))) == 1  # one variant key for all: ticks show values
+    if not any(variant_keys.values()):  # one bar per init: its name on the tick
+        return _plain_init_bars(list(by_init), [bars[0] for bars in by_init.values()], colours)
+    positions, ticks, centres = [], [], []
+    x = 0.0
+    for init, bars in by_init.items():
+        start = x
+        for _, group in bars:
+            positions.append(x)
+            keys_here = variant_keys[init]
+            ticks.append(format_setting(group.settings.get(keys_here[0])) if value_only and keys_here
+                         else _label(group, keys_here))
+            x += 1.0
+        centres.append((start + x - 1.0) / 2)
+        x += 0.6  # gap between inits
+    figure, axis = plt.subplots(figsize=(max(4.5, 0.55 * len(positions) + 2.0), 3.6), layout="constrained")
+    flat = [(label, group) for bars in by_init.values() for label, group in bars]
+    for position, (label, group) in zip(positions, flat, strict=True):
+        mean, std = mean_std(run.test_error for run in group.runs)
+        axis.bar([position], [mean], width=0.8, yerr=_yerr([std]), color=[colours[label]], edgecolor="black",
+                 linewidth=0.5, label=label, error_kw={"elinewidth": 1.0, "capsize": 3})
+    axis.set_xticks(positions, ticks)
+    axis.tick_params(axis="x", length=0)
+    axis.grid(False, axis="x")
+    inits = axis.secondary_xaxis("bottom")
+    inits.set_xticks(centres, [f"\n\n{format_setting(init)}" for init in by_init])
+    inits.tick_params(length=0)
+    inits.spines["bottom"].set_visible(False)
+    for text in inits.get_xticklabels():
+        text.set_fontweight("bold")
+    if value_only:
+        inits.set_xlabel(AXIS_NAMES.get(next(iter(shared))[0], _key_name(next(iter(shared))[0])) + " per init")
+    axis.set_ylabel("final test error")
+    return figure
+
+
+def _plain_init_bars(inits: Sequence[Any], bars: Sequence[tuple[str, Group]], colours: Mapping[str, Any]) -> plt.Figure:
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.9 * len(inits) + 2.0), 3.6), layout="constrained")
+    for x, (label, group) in enumerate(bars):
+        mean, std = mean_std(run.test_error for run in group.runs)
+        axis.bar([x], [mean], width=0.7, yerr=_yerr([std]), color=[colours[label]], edgecolor="black",
+                 linewidth=0.5, label=label, error_kw={"elinewidth": 1.0, "capsize": 3})
+    axis.set_xticks(range(len(inits)), [format_setting(init) for init in inits])
+    axis.tick_params(axis="x", length=0)
+    axis.grid(False, axis="x")
+    axis.set_ylabel("final test error")
+    return figure
+
+
+def _init_bars_by_setting(groups: Sequence[Group], init_keys: Sequence[str], other_keys: Sequence[str],
+                          variants: Mapping[str, list[Group]], colours: Mapping[str, Any]) -> plt.Figure:
+    """A group of bars per value of the other settings, a bar per init variant (legend)."""
+    clusters = _partition(groups, other_keys)
+    width = 0.8 / len(variants)
+    figure, axis = plt.subplots(figsize=(max(5.5, 0.3 * len(clusters) * len(variants) + 3.5), 3.6),
+                                layout="constrained")
+    for i, (variant, members) in enumerate(variants.items()):
+        xs, means, stds = [], [], []
+        for x, label in enumerate(clusters):
+            match = [g for g in members if _label(g, other_keys) == label]
             if match:
                 mean, std = mean_std(run.test_error for run in match[0].runs)
                 xs.append(x - 0.4 + width * (i + 0.5))
                 means.append(mean)
-                stds.append(0.0 if math.isnan(std) else std)
-                bar_colours.append(colours[variant])
-        axis.bar(xs, means, width=width, yerr=stds, capsize=3, color=bar_colours, hatch=hatches[other],
-                 edgecolor="black", linewidth=0.5, label=other or None)
-    axis.set_xticks(range(len(variants)), list(variants), rotation=20, ha="right")
-    axis.set(ylabel="final test error", title="Final test error per initialization (error bars: std over seeds)")
-    if len(others) > 1:
-        handles = [Patch(facecolor="white", edgecolor="black", hatch=hatches[other], label=other) for other in others]
-        axis.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                stds.append(std)
+        axis.bar(xs, means, width=width, yerr=_yerr(stds), color=colours[variant], edgecolor="black",
+                 linewidth=0.5, label=variant, error_kw={"elinewidth": 1.0, "capsize": 2})
+    inches_per_group = (figure.get_figwidth() - 3.0) / len(clusters)  # less the y label and the legend
+    crowded = max(len(label) for label in clusters) > 11 * inches_per_group  # ~13 characters per inch at 9 pt
+    axis.set_xticks(range(len(clusters)), list(clusters), rotation=25 if crowded else 0,
+                    ha="right" if crowded else "center", rotation_mode="anchor")
+    axis.tick_params(axis="x", length=0)
+    axis.grid(False, axis="x")
+    axis.set_ylabel("final test error")
+    _figure_legend(figure, [axis], title="initialization")
     return figure
-
-
-def init_colour(name: Any) -> tuple[float, float, float]:
-    """The colour of an initialization (init.name), the same in every figure."""
-    if name in INIT_COLOURS:
-        return to_rgb(INIT_COLOURS[name])
-    return to_rgb(SPARE_COLOURS[zlib.crc32(str(name).encode()) % len(SPARE_COLOURS)])
 
 
 def line_colours(groups: Sequence[Group], keys: Sequence[str]) -> dict[str, tuple[float, float, float]]:
@@ -557,8 +689,7 @@ def line_colours(groups: Sequence[Group], keys: Sequence[str]) -> dict[str, tupl
     for init, labels in variants.items():
         base = init_colour(init)
         for i, label in enumerate(labels):
-            white = 0.6 * i / len(labels)  # at most 60 % white: still visibly the init's hue
-            colours[label] = tuple(c + (1.0 - c) * white for c in base)
+            colours[label] = shade(base, 0.6 * i / len(labels))  # at most 60 % white: still the init's hue
     return colours
 
 
@@ -570,57 +701,211 @@ def _het_keys(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k.startswith("heterogeneity.")]
 
 
+def _key_name(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def format_key_value(key: str, value: Any) -> str:
+    """How one setting reads in a legend or title: 'τ = 10', '50 rounds', 'pretrained'."""
+    if key == SCHEME_KEY:
+        return SCHEME_NAMES.get(value, format_setting(value))
+    if key in PRETTY_KEYS:
+        text = PRETTY_KEYS[key].format(format_setting(value))
+        return text.replace("(s)", "" if value == 1 else "s")
+    short = _key_name(key)
+    return format_setting(value) if short == "name" else f"{short}={format_setting(value)}"
+
+
 def _label(group: Group, keys: Sequence[str]) -> str:
-    """'pretrained, steps=50' for keys (init.name, init.steps); names show as their value."""
-    parts = []
-    for key in keys:
-        value = group.settings.get(key)
-        if value is None:
-            continue
-        short = key.rsplit(".", 1)[-1]
-        parts.append(format_setting(value) if short == "name" else f"{short}={format_setting(value)}")
-    return ", ".join(parts)
+    """'pretrained, 50 pre-training steps' for keys (init.name, init.steps); names show as their
+    value, unset (None) settings are left out."""
+    return ", ".join(format_key_value(key, group.settings[key]) for key in keys
+                     if group.settings.get(key) is not None)
+
+
+SCHEME_ORDER = ("iid", "label_skew", "dirichlet", "pathological")  # roughly increasing heterogeneity
+
+
+def _order_value(key: str, value: Any) -> tuple:
+    """Sort key of one setting in figures: inits in INIT_ORDER, heterogeneity from IID to the most
+    skewed (Dirichlet alpha decreasing), everything else by value."""
+    if key == INIT_KEY:
+        return init_rank(value)
+    if key == SCHEME_KEY and value in SCHEME_ORDER:
+        return (SCHEME_ORDER.index(value), "")
+    if key == "heterogeneity.alpha" and isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, -float(value))
+    return _sort_value(value)
+
+
+def _group_order(group: Group, keys: Sequence[str]) -> tuple:
+    return tuple(_order_value(k, group.settings.get(k)) for k in keys)
 
 
 def _partition(groups: Iterable[Group], keys: Sequence[str]) -> dict[str, list[Group]]:
-    """Groups split by their values of `keys`, ordered by those values, labelled by _label."""
-    ordered = sorted(groups, key=lambda g: tuple(_sort_value(g.settings.get(k)) for k in keys))
+    """Groups split by their values of `keys`, ordered by those values (init.name in INIT_ORDER),
+    labelled by _label."""
     parts: dict[str, list[Group]] = {}
-    for group in ordered:
+    for group in sorted(groups, key=lambda g: _group_order(g, keys)):
         parts.setdefault(_label(group, keys), []).append(group)
     return parts
 
 
-def _mean_curve(runs: Sequence[Run], column: str) -> tuple[list[float], list[float]]:
+def _values(groups: Iterable[Group], key: str) -> set:
+    return {_freeze_value(g.settings.get(key)) for g in groups}
+
+
+def _split_covarying(panels: Mapping[str, Sequence[Group]], keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(keys that take two or more values inside some panel: for legends, keys that are constant
+    inside every panel but differ between panels: determined by the panel, for its title)."""
+    inside, covarying = [], []
+    for key in keys:
+        if any(len(_values(members, key)) > 1 for members in panels.values()):
+            inside.append(key)
+        elif len(_values([g for members in panels.values() for g in members], key)) > 1:
+            covarying.append(key)
+    return inside, covarying
+
+
+def _reduce_keys(groups: Sequence[Group], keys: Sequence[str]) -> list[str]:
+    """`keys` less those (last first) whose value follows from the remaining ones (num_rounds =
+    500 / tau) or that are constant over `groups`; a key stays where without it a group would have
+    no set value left to label it by (iid next to dirichlet, alpha)."""
+    kept = [k for k in keys if len(_values(groups, k)) > 1]
+    for key in reversed(list(kept)):
+        rest = [k for k in kept if k != key]
+        mapping: dict[tuple, set] = {}
+        for group in groups:
+            mapping.setdefault(tuple(_freeze_value(group.settings.get(k)) for k in rest), set()).add(
+                _freeze_value(group.settings.get(key)))
+        labelled = all(any(group.settings.get(k) is not None for k in rest) for group in groups)
+        if rest and labelled and all(len(values) == 1 for values in mapping.values()):
+            kept.remove(key)
+    return kept
+
+
+def _measured(run: Run, column: str) -> bool:
+    return any(not math.isnan(row.get(column, math.nan)) for row in run.rounds)
+
+
+def _stats(line: Sequence[Group], metric: str) -> tuple[list[float], list[float]]:
+    stats = [mean_std(run.metric(metric) for run in g.runs) for g in line]
+    return [m for m, _ in stats], [s for _, s in stats]
+
+
+def _yerr(stds: Sequence[float]) -> list[float] | None:
+    """Error bar half-heights: the std where a point has two or more seeds (NaN: no bar); None
+    when no point has."""
+    return None if all(math.isnan(s) for s in stds) else list(stds)
+
+
+def _markers(lines: Mapping[str, Any]) -> dict[str, str]:
+    return dict(zip(lines, cycle(MARKERS), strict=False))
+
+
+def _mean_curve(runs: Sequence[Run], column: str) -> tuple[list[float], list[float], list[float]]:
+    """(rounds, mean over runs, sample std over runs (NaN where fewer than two)) of a rounds.csv column."""
     values: dict[float, list[float]] = {}
     for run in runs:
         for row in run.rounds:
             if not math.isnan(row.get(column, math.nan)):
                 values.setdefault(row["round"], []).append(row[column])
     rounds = sorted(values)
-    return rounds, [math.fsum(values[r]) / len(values[r]) for r in rounds]
+    stats = [mean_std(values[r]) for r in rounds]
+    return rounds, [m for m, _ in stats], [s for _, s in stats]
 
 
-def _tau_title(label: str) -> str:
-    return label.replace("local_steps=", "local steps tau = ") if label else ""
-
-
-def _panels(count: int) -> tuple[plt.Figure, list[Any]]:
-    columns = min(3, max(1, count))
+def _panels(count: int, sharey: bool, width: float = 4.2) -> tuple[plt.Figure, list[Any]]:
+    columns = 2 if count == 4 else min(3, max(1, count))  # 4 panels: 2 x 2
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns + 1.6, 3.3 * rows + 0.6), squeeze=False,
+                                sharey=sharey, layout="constrained")
     flat = list(axes.flat)
     for axis in flat[count:]:
         axis.set_visible(False)
-    figure.set_layout_engine("constrained")
     return figure, flat[:count]
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+def _label_first_column(axes: Sequence[Any], ylabel: str) -> None:
+    columns = axes[0].get_gridspec().ncols if axes else 1
+    for i, axis in enumerate(axes):
+        if i % columns == 0:
+            axis.set_ylabel(ylabel)
+
+
+def _figure_legend(figure: plt.Figure, axes: Sequence[Any], title: str | None = None) -> None:
+    """One legend for all panels, outside the data area: right of the top-right panel; none for a
+    single line."""
+    handles, labels = [], []
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if len(labels) < 2:
+        return
+    columns = axes[0].get_gridspec().ncols
+    anchor = axes[min(len(axes), columns) - 1]
+    anchor.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0, title=title,
+                  ncol=1 if len(labels) <= 16 else 2)
+
+
+def _heterogeneity_text(settings: Mapping[str, Any]) -> str:
+    scheme = settings.get(SCHEME_KEY)
+    text = format_key_value(SCHEME_KEY, scheme) if scheme is not None else ""
+    for key in (H_KEY, "heterogeneity.alpha", "heterogeneity.classes_per_client"):
+        if settings.get(key) is not None:
+            text += f" {format_key_value(key, settings[key])}" if key != "heterogeneity.classes_per_client" else \
+                f", {format_key_value(key, settings[key])}"
+    return text.strip()
+
+
+def _context(groups: Sequence[Group], shown: Sequence[str]) -> list[str]:
+    """The settings every group of a figure shares and that no panel, line or axis shows:
+    heterogeneity, local steps (or epochs) and rounds."""
+    parts = []
+    het = [k for k in (SCHEME_KEY, H_KEY, "heterogeneity.alpha", "heterogeneity.classes_per_client")]
+    if not any(k in shown for k in het) and all(len(_values(groups, k)) == 1 for k in het):
+        text = _heterogeneity_text(groups[0].settings)
+        if text:
+            parts.append(text)
+    epochs = groups[0].settings.get("fl.local_epochs")
+    local = "fl.local_epochs" if isinstance(epochs, int) and epochs > 0 else TAU_KEY
+    for key in (local, "fl.num_rounds"):
+        if key not in shown and len(_values(groups, key)) == 1 and groups[0].settings.get(key) is not None:
+            parts.append(format_key_value(key, groups[0].settings[key]))
+    return parts
+
+
+def _filters_text(groups: Sequence[Group]) -> str:
+    """'2m = 40 filters' (two-layer CNN of the synthetic task) or 'C·m = 10·10 = 100 filters'
+    (patch_cnn); '' when the count differs between the groups or is unknown."""
+    texts = {filters_text(g.settings.get("model.name"), g.settings.get("data.name"),
+                          g.settings.get("model.filters_per_class"),
+                          g.runs[0].rounds[0] if g.runs and g.runs[0].rounds else None) for g in groups}
+    return texts.pop() if len(texts) == 1 else ""
+
+
+def _seeds_text(groups: Sequence[Group], spread: str) -> str:
+    """'mean ± std over seeds (error bars), n = 3'; 'single seed (n = 1)' without error bars."""
+    counts = sorted({len(g.runs) for g in groups})
+    if counts[-1] < 2:
+        return "single seed (n = 1)"
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    note = "" if counts[0] > 1 else f"; no {spread} where n = 1"
+    return f"mean ± std over seeds ({spread}), n = {n}{note}"
+
+
+def _suptitle(figure: plt.Figure, what: str, groups: Sequence[Group], shown: Sequence[str], spread: str,
+              filters: bool = False) -> None:
+    """Two lines: '<dataset>, <filters>: <what>' and the shared settings with the seeds (n)."""
+    datasets = sorted({str(g.settings["data.name"]) for g in groups if g.settings.get("data.name") is not None})
+    head = [", ".join(datasets)] if datasets else []
+    if filters:
+        head += [t for t in [_filters_text(groups)] if t]
+    first = f"{', '.join(head)}: {what}" if head else what
+    second = "; ".join([*_context(groups, shown), _seeds_text(groups, spread)])
+    figure.suptitle(f"{first}\n{second}")
 
 
 # --------------------------------------------------------------------------------------------

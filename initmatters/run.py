@@ -9,31 +9,17 @@ summary.json (plain `flwr run --stream` exits 0 even when the run failed).
 
 from __future__ import annotations
 
-import os
-
-if __name__ == "__main__":
-    # Before anything imports numpy (the imports below do): one OpenBLAS thread, unless the user
-    # chose otherwise. NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler, so
-    # a threaded BLAS call that overlaps a fork (ray.init) spins forever; this hung a run once
-    # (benchmarks/README.md, recommendation 5). Children (SuperLink, SuperNodes) inherit it.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
 
 from initmatters.compose import load_settings
 from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run, simulation_superlink
-from initmatters.results import SUMMARY_FILE
-from initmatters.settings import ExperimentSettings, SettingError
-
-
-def default_output_dir() -> Path:
-    """outputs/<date>/<time> under the checkout."""
-    return PROJECT_ROOT / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+from initmatters_core.results import SUMMARY_FILE, default_output_dir
+from initmatters_core.settings import ExperimentSettings, SettingError
+from initmatters_core.tasks import load_task
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -57,15 +43,13 @@ def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
     """load_settings(overrides) (settings, resolved YAML); on a bad setting, print its one-line
     `error: ...` to stderr and return None (the command line then exits 2).
 
-    local_data: the clients run on this machine, so an image dataset that is neither in
-    data.data_dir nor downloadable is reported the same way, before anything starts.
+    local_data: the clients run on this machine, so data they need and do not have (e.g. an image
+    dataset neither in data.data_dir nor downloadable) is reported the same way, before anything starts.
     """
     try:
         settings, resolved_yaml = load_settings(overrides)
-        if local_data and settings.image_task:
-            from initmatters.vision.task import check_image_data
-
-            check_image_data(settings.data)
+        if local_data:
+            load_task(settings).check_local_data(settings)
         return settings, resolved_yaml
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -78,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None:
         return 2
     settings, _ = loaded
-    output_dir = (args.output_dir or default_output_dir()).resolve()
+    output_dir = (args.output_dir or default_output_dir(PROJECT_ROOT)).resolve()
     if (output_dir / SUMMARY_FILE).exists():
         print(f"error: --output-dir={output_dir} already holds a finished run: choose another folder", file=sys.stderr)
         return 2

@@ -13,14 +13,6 @@ is accepted as a synonym of `experiment=` (the group is declared in conf/config.
 from __future__ import annotations
 
 import os
-
-if __name__ == "__main__":
-    # Before anything imports numpy (the imports below do): one OpenBLAS thread, unless the user
-    # chose otherwise. NumPy's OpenBLAS shuts its thread pool down in a pthread_atfork handler, so
-    # a threaded BLAS call that overlaps a fork (ray.init) spins forever; this hung a run once
-    # (benchmarks/README.md, recommendation 5). Children (SuperLink, SuperNodes) inherit it.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import sys
 from pathlib import Path
 
@@ -30,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initmatters.compose import CONF_DIR, settings_from_config
 from initmatters.launch import FLOWER_ENV
+from initmatters_core.results import SUMMARY_FILE, RunFiles
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
@@ -45,8 +38,8 @@ def main(config: DictConfig) -> None:
     server_app = build_server_app(settings, OmegaConf.to_yaml(config, resolve=True), output_dir)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    if not (output_dir / "summary.json").is_file():
-        raise RuntimeError(f"the run did not finish: no summary.json in {output_dir}")
+    if not RunFiles(output_dir).finished():
+        raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
 
 
 def normalized_argv(argv: list[str]) -> list[str]:
@@ -54,8 +47,13 @@ def normalized_argv(argv: list[str]) -> list[str]:
     return [arg[1:] if arg.startswith("+experiment=") else arg for arg in argv]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `initmatters-sweep` (and `python -m initmatters.sweep`)."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     sys.argv = normalized_argv(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence  # noqa: E402
 import pytest  # noqa: E402
 
 from initmatters.compose import load_settings  # noqa: E402
-from initmatters.settings import ExperimentSettings  # noqa: E402
+from initmatters_core.settings import ExperimentSettings  # noqa: E402
 
 ComposeFn = Callable[[str | Sequence[str]], tuple[ExperimentSettings, str]]
 

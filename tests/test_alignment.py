@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters.alignment import (
+from initmatters_core.tasks.synthetic.alignment import (
     aligned_mask,
     alignment_counts,
     alignment_report,
@@ -16,10 +16,10 @@ from initmatters.alignment import (
     signal_learning_summary,
     transition_counts,
 )
-from initmatters.data import sample_examples, signal_vector
-from initmatters.initialization import random_weight
-from initmatters.model import logistic_loss, model_from_weight
-from initmatters.training import train_steps
+from initmatters_core.tasks.synthetic.data import sample_examples, signal_vector
+from initmatters_core.tasks.synthetic.initialization import random_weight
+from initmatters_core.tasks.synthetic.model import logistic_loss, model_from_weight
+from initmatters_core.training import train_steps
 
 SIGNS = (1.0, -1.0)  # j of row 0 (class +1) and row 1 (class -1)
 SIGNS_T = torch.tensor(SIGNS, dtype=torch.float64).reshape(2, 1)
@@ -127,7 +127,7 @@ def test_signal_learning_after_real_gradient_descent() -> None:
 
 
 def test_without_label_noise_filters_never_become_misaligned() -> None:
-    # paper-model.md [derived]: with p = 0 the mu-component of every GD update is j * (non-negative),
+    # docs/science.md [derived]: with p = 0 the mu-component of every GD update is j * (non-negative),
     # so j <w_jr, mu> never decreases and an aligned filter stays aligned.
     d, m, n = 30, 25, 20
     mu = signal_vector(d, 1.5)

@@ -1,4 +1,4 @@
-"""The signal-plus-noise data model (paper-model.md, "Data model")."""
+"""The signal-plus-noise data model (docs/science.md, "Data model")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters.data import (
+from initmatters_core.tasks.synthetic.data import (
     NOISE_PATCH,
     SIGNAL_PATCH,
     balanced_labels,

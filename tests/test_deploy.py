@@ -35,21 +35,16 @@ from flwr.supercore.task_identity import TaskIdentity
 from client_app.app import app as client_app
 from client_app.app import node_partition
 from initmatters import deploy
-from initmatters.alignment import alignment_report
 from initmatters.compose import load_settings
-from initmatters.deploy import LocalDeployment, leftover_processes
-from initmatters.federated import local_update, server_setup
-from initmatters.launch import PROJECT_ROOT, descendants, flower_env, stop_process
-from initmatters.results import read_rounds_csv
-from server_app.app import (
-    ResumableFedAvg,
-    build_server_app,
-    checkpoint_path,
-    error_reason,
-    load_checkpoint,
-    save_checkpoint,
-)
-from strategies.alignment_fedavg import weight_to_arrays
+from initmatters.deploy import LocalDeployment
+from initmatters.launch import PROJECT_ROOT, descendants, flower_env, processes_with_flwr_home, stop_process
+from initmatters.protocol import error_reason, state_to_arrays
+from initmatters_core.results import RunFiles, read_rounds_csv
+from initmatters_core.settings import StrategySettings
+from initmatters_core.tasks.synthetic.task import local_update, server_setup
+from server_app.app import build_server_app
+from server_app.checkpoint import load_checkpoint, save_checkpoint
+from strategies import build_strategy
 
 ATOL = 1e-6
 OVERRIDES = ["debug=default"]  # 2 clients, 2 rounds, d = 100, m = 4
@@ -76,7 +71,7 @@ def explain(completed: subprocess.CompletedProcess) -> str:
 def process_of(home: Path, program: str) -> int:
     """The PID of the live `program` process whose FLWR_HOME is `home`."""
     marker = f"FLWR_HOME={home}".encode()
-    for pid in leftover_processes(home):
+    for pid in processes_with_flwr_home(home):
         try:
             if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and any(
                     program.encode() in part for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
@@ -107,7 +102,7 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.3):
 
 def checkpoint_round(output_dir: Path) -> int:
     try:
-        return int(torch.load(checkpoint_path(output_dir), weights_only=True)["round"])
+        return int(torch.load(RunFiles(output_dir).checkpoint, weights_only=True)["round"])
     except (OSError, RuntimeError, EOFError, KeyError):
         return -1
 
@@ -196,8 +191,8 @@ def test_deploy_resume_needs_a_checkpoint_and_the_same_settings(tmp_path: Path, 
     settings, yaml = load_settings("debug=default")
     setup = server_setup(settings)
     (out / "config.yaml").write_text(yaml)
-    init = {"weight": setup.init_weight}
-    save_checkpoint(out, 1, init, init, [{"round": 0}], yaml)
+    init = setup.init_state
+    save_checkpoint(RunFiles(out), 1, init, init, [{"round": 0}], yaml, {})
     assert deploy.main(["--nodes", "2", "--output-dir", str(out), "--", "debug=default"]) == 2
     assert "holds an interrupted run: continue it with --resume" in capsys.readouterr().err
     assert deploy.main(["--nodes", "2", "--resume", str(out), "--", "debug=default", "seed=1"]) == 2
@@ -241,20 +236,23 @@ def test_error_reason_drops_flowers_wrapping() -> None:
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     settings, yaml = load_settings("debug=default")
-    init = {"weight": server_setup(settings).init_weight}
+    init = server_setup(settings).init_state
     weight = init["weight"] * 2
     rows = [{"round": 0, "test_error": 0.5, "clients": None}, {"round": 1, "test_error": 0.25, "clients": 2}]
-    save_checkpoint(tmp_path, 1, {"weight": weight}, init, rows, yaml)
-    state = load_checkpoint(tmp_path, yaml, init)
+    server_state = {"m_t": {"weight": torch.ones(2)}, "momentum_vector": [torch.zeros(3)]}
+    files = RunFiles(tmp_path)
+    save_checkpoint(files, 1, {"weight": weight}, init, rows, yaml, server_state)
+    state = load_checkpoint(files, yaml, init)
     assert state["round"] == 1 and state["rows"] == rows and torch.equal(state["state"]["weight"], weight)
+    assert torch.equal(state["server_state"]["m_t"]["weight"], torch.ones(2))
     with pytest.raises(RuntimeError, match="made with other settings"):
-        load_checkpoint(tmp_path, yaml + "# other\n", init)
+        load_checkpoint(files, yaml + "# other\n", init)
     with pytest.raises(RuntimeError, match="initial model differs"):
-        load_checkpoint(tmp_path, yaml, {"weight": init["weight"] + 1})
+        load_checkpoint(files, yaml, {"weight": init["weight"] + 1})
     with pytest.raises(RuntimeError, match="initial model differs"):
-        load_checkpoint(tmp_path, yaml, {**init, "bias": torch.zeros(1)})
+        load_checkpoint(files, yaml, {**init, "bias": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "elsewhere", yaml, init)
+        load_checkpoint(RunFiles(tmp_path / "elsewhere"), yaml, init)
 
 
 class _FakeGrid:
@@ -272,13 +270,11 @@ def test_resumed_strategy_uses_the_true_round_numbers() -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 77, 1, 5
     try:
         init = torch.zeros(2, 3, 5)
-        signal_vector = torch.zeros(5)
-        signal_vector[0] = 1.0
-        strategy = ResumableFedAvg(round_offset=1, alignment_fn=lambda state: alignment_report(
-                                       init, state["weight"], signal_vector),
-                                   node_of_partition={0: 11, 1: 22, 2: 33}, schedule=[[0], [2], [1]],
-                                   report=lambda message: None)
-        messages = list(strategy.configure_train(1, weight_to_arrays(init), ConfigRecord(), _FakeGrid([11, 22, 33])))
+        strategy = build_strategy(StrategySettings(name="fedavg"), round_offset=1,
+                                  node_of_partition={0: 11, 1: 22, 2: 33}, schedule=[[0], [2], [1]],
+                                  report=lambda message: None)
+        messages = list(strategy.configure_train(1, state_to_arrays({"weight": init}), ConfigRecord(),
+                                                 _FakeGrid([11, 22, 33])))
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
     assert [m.metadata.dst_node_id for m in messages] == [33]
@@ -415,9 +411,9 @@ SCENARIOS = {  # name: (function, the tests that use it)
 def wait_for_no_process(workdir: Path, timeout: float = 15) -> list[int]:
     """The processes of `workdir` still alive after up to `timeout` s (should be none)."""
     deadline = time.monotonic() + timeout
-    while leftover_processes(workdir) and time.monotonic() < deadline:
+    while processes_with_flwr_home(workdir) and time.monotonic() < deadline:
         time.sleep(0.3)
-    return leftover_processes(workdir)
+    return processes_with_flwr_home(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -470,7 +466,7 @@ def test_tls_with_authentication_refuses_an_unregistered_supernode(scenarios) ->
     assert "TLS + SuperNode authentication" in run["stdout"]
     assert_valid_results(run["out"], rounds=1)
     assert wait_for_no_process(run["workdir"]) == []
-    assert leftover_processes(run["rogue_home"]) == []
+    assert processes_with_flwr_home(run["rogue_home"]) == []
 
 
 @pytest.mark.slow
@@ -488,9 +484,10 @@ def test_killed_supernode_run_goes_on_with_the_others(scenarios) -> None:
     assert [int(row["clients"]) for row in read_rounds_csv(out / "rounds.csv")[1:]] == [1, 1]
     # not corrupt: each round's model is exactly SuperNode 0's local update of the previous one
     settings, _ = load_settings(OVERRIDES)
-    weight = server_setup(settings).init_weight
+    state = server_setup(settings).init_state
     for server_round in (1, 2):
-        weight = local_update(settings, 0, 2, weight, None, server_round).weight
+        state = local_update(settings, 0, 2, state, None, server_round).state
+    weight = state["weight"]
     torch.testing.assert_close(load_weight(out / "model_final.pt"), weight, rtol=0, atol=ATOL)
     assert wait_for_no_process(run["workdir"]) == []
 

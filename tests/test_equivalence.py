@@ -1,9 +1,9 @@
 """End-to-end equivalence of the Flower simulation with an independent plain-PyTorch FedAvg.
 
-The reference below is written from the model's definition (paper-model.md, "Network" and
-"FedAvg") and shares nothing with initmatters.model / initmatters.training: only the client data
-(initmatters.partition.client_dataset) and w(0) (initmatters.federated.server_setup) are taken
-from the project, so both sides start from the same numbers.
+The reference below is written from the model's definition (docs/science.md, "Network" and
+"FedAvg") and shares nothing with the synthetic task's model or initmatters_core.training: only
+the client data (tasks.synthetic.partition.client_dataset) and w(0) (tasks.synthetic.task.server_setup)
+are taken from the project, so both sides start from the same numbers.
 
 Ray start-ups are expensive (~8 s each): the whole file makes three run_simulation calls, shared
 through module-scoped fixtures: the main config twice (equivalence + determinism) and a
@@ -22,9 +22,9 @@ from flwr.simulation import run_simulation
 
 from client_app.app import app as client_app
 from initmatters.compose import load_settings
-from initmatters.data import fresh_test_set
-from initmatters.federated import server_setup
-from initmatters.partition import client_dataset
+from initmatters_core.tasks.synthetic.data import fresh_test_set
+from initmatters_core.tasks.synthetic.partition import client_dataset
+from initmatters_core.tasks.synthetic.task import server_setup
 from server_app.app import build_server_app
 
 pytestmark = pytest.mark.slow
@@ -105,12 +105,13 @@ def recount_misaligned(weight: torch.Tensor, signal: torch.Tensor) -> dict[str, 
 def reference_inputs(settings):
     """(w(0), mu, [(features, labels) per client]) in float64, from the project's data/init."""
     setup = server_setup(settings)
+    signal = setup.artifacts["signal.pt"]
     clients = []
     for k in range(settings.fl.num_clients):
         data = client_dataset(settings.data, settings.heterogeneity, settings.seed, k, settings.fl.num_clients,
-                              setup.signal)
+                              signal)
         clients.append((data.features.double(), data.labels.double()))
-    return setup.init_weight.double(), setup.signal.double(), clients
+    return setup.init_state["weight"].double(), signal.double(), clients
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from initmatters.launch import PROJECT_ROOT
-from initmatters.results import ROUND_COLUMNS, read_rounds_csv
+from initmatters.launch import PROJECT_ROOT, processes_with_flwr_home
+from initmatters_core.results import read_rounds_csv
+from initmatters_core.tasks.synthetic.task import ROUND_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +25,6 @@ def launch(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Compl
     """`python -m initmatters.run ARGS` with its own FLWR_HOME under tmp_path."""
     command = [sys.executable, "-m", "initmatters.run", *args, "--flwr-home", str(tmp_path / "flwr-home")]
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def processes_using(flwr_home: Path) -> list[int]:
-    """PIDs of live processes whose environment has FLWR_HOME=flwr_home."""
-    marker = f"FLWR_HOME={flwr_home}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def recount_misaligned(weight: torch.Tensor, signal: torch.Tensor) -> int:
@@ -90,9 +75,9 @@ def test_flwr_run_counts_match_the_saved_models(pretrained_run) -> None:
 def test_flwr_run_leaves_no_process_behind(pretrained_run) -> None:
     _, _, flwr_home = pretrained_run
     deadline = time.monotonic() + 10
-    while processes_using(flwr_home) and time.monotonic() < deadline:
+    while processes_with_flwr_home(flwr_home) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert processes_using(flwr_home) == []
+    assert processes_with_flwr_home(flwr_home) == []
 
 
 def test_failed_run_exits_non_zero(tmp_path: Path) -> None:
@@ -102,7 +87,7 @@ def test_failed_run_exits_non_zero(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert "did not finish" in completed.stderr
     assert not (out / "summary.json").exists()
-    assert processes_using(tmp_path / "flwr-home") == []
+    assert processes_with_flwr_home(tmp_path / "flwr-home") == []
 
 
 def test_bad_setting_fails_before_start_up(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The image task as the apps see it (initmatters.tasks over initmatters.vision.task).
+"""The image task as the apps see it (initmatters_core.tasks.base over initmatters_core.tasks.image.task).
 
 Fast tests run the task without Flower on scikit-learn's digits (offline, CPU-sized) and check it
 against independent recomputations: the proxy/client split, partition facts, FedAvg with one
@@ -28,19 +28,18 @@ from flwr.app import Context, RecordDict
 from PIL import Image
 
 from client_app.app import with_node_data_dir
-from initmatters import tasks
 from initmatters.compose import load_settings
-from initmatters.federated import ClientDataCache, flatten_settings, unflatten_settings
 from initmatters.launch import PROJECT_ROOT
-from initmatters.results import read_rounds_csv
-from initmatters.settings import ExperimentSettings, SettingError
-from initmatters.vision.datasets import DATASETS, load_image_dataset, to_tensors
-from initmatters.vision.partitions import heterogeneity_measure
-from initmatters.vision.task import (
+from initmatters.protocol import config_to_settings, settings_to_config
+from initmatters_core.federation import ClientDataCache, heterogeneity_measure, resolve_device
+from initmatters_core.results import read_rounds_csv
+from initmatters_core.settings import ExperimentSettings, SettingError, client_settings
+from initmatters_core.tasks.image import task as tasks
+from initmatters_core.tasks.image.datasets import DATASETS, load_image_dataset, to_tensors
+from initmatters_core.tasks.image.task import (
     build_model,
     client_tensors,
     image_split,
-    resolve_device,
     server_test_tensors,
 )
 
@@ -216,12 +215,12 @@ def test_alignment_metrics_match_brute_force_recount() -> None:
     assert images.shape == (settings.data.test_samples, 1, 8, 8)
     init_weight = server.init_state["weight"]
     for state in (server.init_state, trained):
-        metrics = server.alignment_metrics(state)
+        metrics = server.central_metrics(state)
         expected = ref_alignment_counts(init_weight, state["weight"], images, labels, settings.model.patch_size)
         assert {key: metrics[key] for key in expected} == expected
         assert set(metrics) <= set(server.round_columns)
         assert metrics["aligned"] + metrics["misaligned"] == NUM_CLASSES * settings.model.filters_per_class
-    moved = server.alignment_metrics(trained)
+    moved = server.central_metrics(trained)
     assert moved["misaligned_init_aligned_now"] + moved["aligned_init_misaligned_now"] > 0  # pre-training moved some
 
 
@@ -304,17 +303,17 @@ def node_context(**extra: str) -> Context:
 def test_node_data_dir_overrides_image_settings_only() -> None:
     image = settings_of("data=cifar10 model=resnet18 heterogeneity=iid data.data_dir=/server/copy")
     # what a client receives travels flattened
-    received = unflatten_settings(flatten_settings(image))
-    assert received == image
+    received = config_to_settings(settings_to_config(client_settings(image)))
+    assert received == client_settings(image)
     moved = with_node_data_dir(received, node_context(**{"data-dir": "/node/cifar10"}))
     assert moved.data.data_dir == "/node/cifar10"
-    assert dataclasses.replace(moved, data=dataclasses.replace(moved.data, data_dir="/server/copy")) == image
-    assert with_node_data_dir(received, node_context()) == image
+    assert dataclasses.replace(moved, data=dataclasses.replace(moved.data, data_dir="/server/copy")) == received
+    assert with_node_data_dir(received, node_context()) == received
 
-    digits = settings_of(DIGITS)
+    digits = client_settings(settings_of(DIGITS))
     assert with_node_data_dir(digits, node_context(**{"data-dir": "/node/x"})).data.data_dir == "/node/x"
 
-    synthetic = settings_of("debug=default")
+    synthetic = client_settings(settings_of("debug=default"))
     assert with_node_data_dir(synthetic, node_context(**{"data-dir": "/node/cifar10"})) == synthetic
     assert not hasattr(synthetic.data, "data_dir")
 

@@ -1,4 +1,4 @@
-"""Initial global models (paper-model.md, "Pre-training"): random, align-flip, q, pretrained, file."""
+"""Initial global models (docs/science.md, "Pre-training"): random, align-flip, q, pretrained, file."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters.data import signal_vector
-from initmatters.initialization import (
+from initmatters_core.results import save_state
+from initmatters_core.tasks.synthetic.data import signal_vector
+from initmatters_core.tasks.synthetic.initialization import (
     align_flip,
     initial_weight,
     load_weight,
     random_weight,
     with_misaligned_fraction,
 )
-from initmatters.results import save_weight
 
 SIGNS = np.array([1.0, -1.0])
 
@@ -145,7 +145,7 @@ def test_pretrained_has_far_fewer_misaligned_filters(compose_settings) -> None:
 def test_load_weight_roundtrip(tmp_path: Path) -> None:
     weight = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
     path = tmp_path / "model.pt"
-    save_weight(path, weight)
+    save_state(path, {"weight": weight})
     loaded = load_weight(path, dim=5, filters_per_class=3)
     assert torch.equal(loaded, weight)
     assert loaded.dtype == torch.float32
@@ -156,14 +156,14 @@ def test_checkpoint_init_loads_the_file(tmp_path: Path, compose_settings) -> Non
     weight = torch.randn(2, settings.model.filters_per_class, settings.data.dim,
                          generator=torch.Generator().manual_seed(9))
     path = tmp_path / "model_final.pt"
-    save_weight(path, weight)
+    save_state(path, {"weight": weight})
     checkpoint, _ = compose_settings(f"debug=default init=checkpoint init.path={path}")
     assert torch.equal(_initial(checkpoint), weight)
 
 
 def test_load_weight_wrong_shape_names_init_path(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    save_weight(path, torch.zeros(2, 3, 5))
+    save_state(path, {"weight": torch.zeros(2, 3, 5)})
     with pytest.raises(ValueError, match="init.path") as error:
         load_weight(path, dim=6, filters_per_class=3)
     assert "\n" not in str(error.value)

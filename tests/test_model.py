@@ -1,4 +1,4 @@
-"""The two-layer ReLU CNN, its loss and the local training loop (paper-model.md, "Network")."""
+"""The two-layer ReLU CNN, its loss and the local training loop (docs/science.md, "Network")."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters.model import (
+from initmatters_core.tasks.synthetic.model import (
     TwoLayerReluCNN,
     classification_error,
     logistic_loss,
     model_from_weight,
 )
-from initmatters.training import epoch_batches, evaluate_loss, steps_per_epoch, train_steps
+from initmatters_core.training import epoch_batches, evaluate_loss, steps_per_epoch, train_steps
 
 
 def _relu(z: float) -> float:

@@ -1,4 +1,4 @@
-"""Label partitions over clients (paper-model.md, "Heterogeneity") and client datasets."""
+"""Label partitions over clients (docs/science.md, "Heterogeneity") and client datasets."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters.data import balanced_labels, signal_vector
-from initmatters.partition import (
-    LABEL_COLUMN,
-    LabelSkewPartitioner,
+from initmatters_core.federation import LABEL_COLUMN, LabelSkewPartitioner, make_partitioner
+from initmatters_core.seeding import Stream, numpy_rng
+from initmatters_core.settings import HeterogeneitySettings
+from initmatters_core.tasks.synthetic.data import balanced_labels, signal_vector
+from initmatters_core.tasks.synthetic.partition import (
     client_dataset,
     label_imbalance,
-    make_partitioner,
     partition_true_labels,
     realised_heterogeneity,
 )
-from initmatters.seeding import Stream, numpy_rng
-from initmatters.settings import DataSettings, HeterogeneitySettings
+from initmatters_core.tasks.synthetic.settings import DataSettings
 
 # flwr-datasets warns each time it resamples a Dirichlet draw below min_partition_size.
 pytestmark = pytest.mark.filterwarnings("ignore:The specified min_partition_size")
@@ -182,7 +181,8 @@ def test_client_dataset_rejects_out_of_range_partition(partition_id: int) -> Non
 
 def test_import_does_not_load_flwr_datasets() -> None:
     """flwr_datasets pulls seaborn and scipy (~1.3 s): imported only when a partition is made."""
-    code = "import sys, initmatters.partition; print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))"
+    code = ("import sys, initmatters_core.tasks.synthetic.partition; "
+            "print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert completed.stdout.strip() == "[]"
 
@@ -190,14 +190,14 @@ def test_import_does_not_load_flwr_datasets() -> None:
 def test_label_skew_partitioner_is_one_flwr_datasets_partitioner_class() -> None:
     from flwr_datasets.partitioner import Partitioner
 
-    from initmatters import partition
+    from initmatters_core import federation
 
     assert issubclass(LabelSkewPartitioner, Partitioner)
-    assert partition.LabelSkewPartitioner is LabelSkewPartitioner
+    assert federation.LabelSkewPartitioner is LabelSkewPartitioner
     assert type(make_partitioner(SCHEMES["label_skew"], K, seed=0)) is LabelSkewPartitioner
     assert pickle.loads(pickle.dumps(LabelSkewPartitioner(K, 0.5))).num_partitions == K
     with pytest.raises(AttributeError):
-        _ = partition.NoSuchName
+        _ = federation.NoSuchName
 
 
 @pytest.mark.parametrize("h", [0.0, 0.3, 0.5, 0.9, 1.0])
@@ -215,8 +215,8 @@ def test_label_skew_labels_equal_those_of_the_flwr_datasets_partitioner(h: float
 
 
 def test_label_skew_labels_need_neither_datasets_nor_flwr_datasets() -> None:
-    code = ("import sys; from initmatters.partition import partition_true_labels; "
-            "from initmatters.settings import HeterogeneitySettings; "
+    code = ("import sys; from initmatters_core.tasks.synthetic.partition import partition_true_labels; "
+            "from initmatters_core.settings import HeterogeneitySettings; "
             "partition_true_labels(HeterogeneitySettings(name='label_skew', h=0.5), 0, 10, 20); "
             "print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -16,7 +16,8 @@ import yaml
 from matplotlib.colors import to_rgb
 
 from initmatters import report
-from initmatters.results import ROUND_COLUMNS, rounds_csv_text
+from initmatters_core.results import rounds_csv_text
+from initmatters_core.tasks.synthetic.task import ROUND_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, 
         init_section.update(lr=0.5, source_noise_std=1.0, source_samples=200, source_seed=1000, steps=steps)
     return {
         "seed": seed,
-        "data": {"dim": 1000, "label_noise": 0.0, "noise_std": 1.0, "samples_per_client": 20,
+        "data": {"dim": 1000, "label_noise": 0.0, "name": "synthetic", "noise_std": 1.0, "samples_per_client": 20,
                  "signal_norm": 1.5, "test_samples": 2000},
         "fl": {"batch_size": 0, "fraction_train": 1.0, "local_steps": local_steps, "lr": 0.5,
                "num_clients": 10, "num_rounds": num_rounds, "wait_for_nodes_s": 30.0},
@@ -54,28 +55,31 @@ def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, 
                           "name": scheme, "h": h if scheme == "label_skew" else None},
         "init": init_section,
         "log": {"noise_memorization": True, "plots": True},
-        "model": {"filters_per_class": 20, "init_std": init_std},
+        "model": {"filters_per_class": 20, "init_std": init_std, "name": "two_layer_cnn"},
     }
 
 
 def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, misaligned_init: int,
-              realised_h: float, test_loss: float | None = None, finished: bool = True) -> Path:
-    """Write config.yaml, rounds.csv and (if finished) summary.json; misaligned falls linearly to 0."""
+              realised_h: float, test_loss: float | None = None, finished: bool = True,
+              misaligned: Sequence[float] | None = None) -> Path:
+    """Write config.yaml, rounds.csv and (if finished) summary.json; misaligned falls linearly to 0
+    (or follows `misaligned`, one value per round 0..num_rounds)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(dict(settings)))
     num_rounds = settings["fl"]["num_rounds"]
+    filters = 2 * settings["model"]["filters_per_class"]
     test_loss = test_error + 0.3 if test_loss is None else test_loss
     rows = []
     for r in range(num_rounds + 1):
-        misaligned = round(misaligned_init * (num_rounds - r) / num_rounds)
+        count = round(misaligned_init * (num_rounds - r) / num_rounds) if misaligned is None else misaligned[r]
         row = {column: float("nan") for column in ROUND_COLUMNS}
-        row.update(round=r, misaligned=misaligned, aligned=40 - misaligned, elapsed_s=0.1 * r,
+        row.update(round=r, misaligned=count, aligned=filters - count, elapsed_s=0.1 * r,
                    test_error=0.5 + (test_error - 0.5) * r / num_rounds,
                    test_loss=0.7 + (test_loss - 0.7) * r / num_rounds)
         if r:
             row.update(train_loss=0.1, clients=10)
         rows.append(row)
-    (folder / "rounds.csv").write_text(rounds_csv_text(rows))
+    (folder / "rounds.csv").write_text(rounds_csv_text(rows, ROUND_COLUMNS))
     if finished:
         final = {k: v for k, v in rows[-1].items() if not (isinstance(v, float) and math.isnan(v))}
         summary = {"final": final, "initial_misaligned": misaligned_init, "realised_h": realised_h,
@@ -410,12 +414,13 @@ def test_variants_of_one_init_are_shades_of_its_colour(tmp_path: Path) -> None:
     figure = report.figure_init_variants(groups, keys)
     assert figure is not None
     axis = figure.axes[0]
-    variants = [tick.get_text() for tick in axis.get_xticklabels()]
-    bars = [patch for container in axis.containers if hasattr(container, "patches") for patch in container.patches]
-    assert len(bars) == 4
-    for bar in bars:
-        variant = variants[round(bar.get_x() + bar.get_width() / 2)]
-        assert _rgb(bar.get_facecolor()) == _rgb(colours[variant])
+    bars = _bars(axis)
+    assert [label.split(",")[0] for label, _ in bars] == ["random", "random", "pretrained", "pretrained"]
+    for label, patch in bars:
+        assert _rgb(patch.get_facecolor()) == _rgb(colours[label])
+    # each bar's tick names what sets it apart within its init
+    assert [t.get_text() for t in axis.get_xticklabels()] == [
+        "σ₀ = 0.05", "σ₀ = 0.1", "0 pre-training steps", "50 pre-training steps"]
 
     figure = report.figure_pretraining_steps(groups, keys)
     assert figure is not None
@@ -443,3 +448,159 @@ def test_dirichlet_penalty_is_the_gap_to_the_iid_run_of_the_same_seed(tmp_path: 
     assert random_gap["heterogeneity_penalty_mean"] == pytest.approx((0.05 + 0.08) / 2)
     assert rows[("pretrained", "dirichlet")]["heterogeneity_penalty_mean"] == pytest.approx(0.01)
     assert math.isnan(rows[("random", "iid")]["heterogeneity_penalty_mean"])
+
+
+# --------------------------------------------------------------------------------------------
+# Figures fit for a paper: shared y-axes, legends, bands, bar order, titles
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    report.plt.close("all")  # the figure_* functions return open figures
+
+
+def _bars(axis: Any) -> list[tuple[str, Any]]:
+    """(container label, patch) of every bar, left to right."""
+    bars = [(container.get_label(), patch) for container in axis.containers if hasattr(container, "patches")
+            for patch in container.patches]
+    return sorted(bars, key=lambda item: item[1].get_x())
+
+
+def _legend_texts(figure: Any) -> list[str]:
+    return [text.get_text() for axis in figure.axes if axis.get_legend() for text in axis.get_legend().get_texts()]
+
+
+def write_penalty_sweep(root: Path, seeds: Sequence[int] = (0, 1)) -> list[report.Group]:
+    """heterogeneity_penalty in small: init x h x tau with num_rounds = 50 / tau, `seeds` seeds."""
+    for init in ("random", "pretrained"):
+        for h in (0.0, 1.0):
+            for tau in (10, 50):
+                for seed in seeds:
+                    error = 0.15 + 0.05 * h + 0.1 * h * (tau == 50) if init == "random" else 0.1
+                    misaligned = (20 if tau == 10 else 30) + 2 * seed if init == "random" else 0
+                    write_run(root / f"{init}-h{h}-t{tau}-s{seed}",
+                              nested_settings(init, h, seed, local_steps=tau, num_rounds=50 // tau),
+                              test_error=error + seed / 100, misaligned_init=misaligned, realised_h=h)
+    groups = report.group_runs(report.load_runs(root))
+    assert report.varying_keys(groups) == ["init.name", "heterogeneity.h", "fl.local_steps", "fl.num_rounds"]
+    return groups
+
+
+def test_compared_panels_share_the_y_axis(tmp_path: Path) -> None:
+    groups = write_penalty_sweep(tmp_path)
+    keys = report.varying_keys(groups)
+    for maker in (report.figure_test_error_vs_h, report.figure_misaligned_vs_round):
+        figure = maker(groups, keys)
+        assert figure is not None and len(figure.axes) >= 2
+        panels = [axis for axis in figure.axes if axis.get_title().startswith("τ = ")]
+        assert len(panels) == 2
+        limits = {tuple(round(v, 9) for v in axis.get_ylim()) for axis in panels}
+        assert len(limits) == 1, (maker.__name__, limits)  # the tau = 50 panel reaches higher: one scale
+        top = max(line.get_ydata().max() for axis in panels for line in axis.get_lines() if len(line.get_ydata()))
+        assert panels[0].get_ylim()[1] >= top
+
+
+def test_legends_leave_out_settings_that_follow_from_the_panel(tmp_path: Path) -> None:
+    groups = write_penalty_sweep(tmp_path)
+    keys = report.varying_keys(groups)
+    figure = report.figure_test_error_vs_h(groups, keys)
+    labels = [c.get_label() for axis in figure.axes for c in axis.containers] + _legend_texts(figure)
+    assert set(labels) == {"random", "pretrained"}  # no num_rounds next to the init
+    assert sorted(axis.get_title() for axis in figure.axes) == ["τ = 10, 5 rounds", "τ = 50, 1 round"]
+    figure = report.figure_misaligned_vs_round(groups, keys)
+    labels = {line.get_label() for axis in figure.axes for line in axis.get_lines()} | set(_legend_texts(figure))
+    assert labels == {f"{init}, h = {h}" for init in ("random", "pretrained") for h in (0, 1)}
+    assert not any("round" in label for label in labels)
+
+
+def test_band_and_error_bars_only_with_several_seeds(tmp_path: Path) -> None:
+    from matplotlib.collections import PolyCollection
+
+    for seeds, folder in (((0, 1, 2), "three"), ((0,), "one")):
+        groups = write_penalty_sweep(tmp_path / folder, seeds)
+        keys = report.varying_keys(groups)
+        figure = report.figure_misaligned_vs_round(groups, keys)
+        bands = [c for axis in figure.axes for c in axis.collections if isinstance(c, PolyCollection)]
+        title = figure.get_suptitle()
+        errors = report.figure_test_error_vs_h(groups, keys)
+        containers = [c for axis in errors.axes for c in axis.containers]
+        if len(seeds) > 1:
+            assert len(bands) == 8  # one per line: 2 inits x 2 h x 2 panels
+            assert "mean ± std over seeds (shaded band), n = 3" in title
+            assert all(c.has_yerr for c in containers) and "n = 3" in errors.get_suptitle()
+        else:
+            assert bands == [] and "std" not in title and "n = 1" in title
+            assert not any(c.has_yerr for c in containers) and "std" not in errors.get_suptitle()
+
+
+def test_titles_name_dataset_and_filter_count_and_rounds_are_integers(tmp_path: Path) -> None:
+    groups = write_penalty_sweep(tmp_path)
+    keys = report.varying_keys(groups)
+    figure = report.figure_misaligned_vs_round(groups, keys)
+    assert figure.get_suptitle().startswith("synthetic, 2m = 40 filters: misaligned filters over rounds")
+    figure.canvas.draw()
+    for axis in figure.axes[:2]:
+        assert all(float(tick).is_integer() for tick in axis.get_xticks())
+        assert axis.get_xlabel() == "round"
+        assert axis.get_lines()[0].get_marker() not in (None, "None", "")
+    # the legend sits right of every panel, never on the curves
+    legends = [axis.get_legend() for axis in figure.axes if axis.get_legend()]
+    assert len(legends) == 1
+    renderer = figure.canvas.get_renderer()
+    box = legends[0].get_window_extent(renderer)
+    assert all(box.x0 >= axis.get_window_extent(renderer).x1 for axis in figure.axes)
+    assert report.figure_test_error_vs_h(groups, keys).get_suptitle().startswith("synthetic: final test error")
+
+
+def test_init_bars_follow_the_alignment_order_in_shades_of_the_init(tmp_path: Path) -> None:
+    inits = ("pretrained", "align_flip", "random", "misaligned_fraction")  # written in another order
+    for init in inits:
+        for init_std in (0.2, 0.05):
+            write_run(tmp_path / f"{init}-{init_std}", nested_settings(init, 1.0, 0, init_std=init_std),
+                      test_error=0.1 + init_std, misaligned_init=0, realised_h=1.0)
+    groups = report.group_runs(report.load_runs(tmp_path))
+    keys = report.varying_keys(groups)
+    figure = report.figure_init_variants(groups, keys)
+    axis = figure.axes[0]
+    bars = _bars(axis)
+    order = ["random", "misaligned_fraction", "align_flip", "pretrained"]
+    assert [label for label, _ in bars] == [f"{init}, σ₀ = {std}" for init in order for std in (0.05, 0.2)]
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0.05", "0.2"] * 4  # the variant value on the tick
+    for i, init in enumerate(order):
+        first, second = (_rgb(patch.get_facecolor()) for _, patch in bars[2 * i: 2 * i + 2])
+        assert first == _rgb(report.init_colour(init))  # the init's own colour, then a lighter shade of it
+        assert second != first and all(s >= f for s, f in zip(second, first, strict=True))
+    assert "single seed (n = 1)" in figure.get_suptitle()
+    assert all(container.errorbar is None for container in axis.containers)  # no error bars for one seed
+
+
+def test_label_histograms_name_the_classes_and_run_lines_take_the_init_colour(tmp_path: Path) -> None:
+    from initmatters_core import plots
+
+    figure = plots.label_histogram_figure([[5, 5], [10, 0]], "synthetic", classes=["+1", "-1"])
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["+1", "-1"]
+    figure = plots.label_histogram_figure([[5, 0, 1], [0, 4, 2]])
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["0", "1", "2"]
+
+    rows = [{"round": r, "misaligned": 8 - 2 * r, "misaligned_pos": 4 - r, "misaligned_neg": 4 - r,
+             "aligned": 2 * r, "test_error": 0.5 - 0.1 * r} for r in range(4)]
+    figures = plots.run_figures(rows, "synthetic, test", init="pretrained", filters_per_class=4,
+                                model="two_layer_cnn", dataset="synthetic")
+    assert list(figures) == ["misaligned.png", "test_error.png"]
+    lines = figures["misaligned.png"].axes[0].get_lines()
+    assert _rgb(lines[0].get_color()) == _rgb(report.init_colour("pretrained"))
+    for line in lines[1:]:  # per-class lines: lighter shades of the same colour
+        white = {round((c - b) / (1 - b), 6) for c, b in zip(to_rgb(line.get_color()),
+                                                              report.init_colour("pretrained"), strict=True) if b < 1}
+        assert len(white) == 1 and 0 < white.pop() <= 0.6
+    assert figures["misaligned.png"].axes[0].get_ylabel() == "misaligned filters (of 2m = 8)"
+    assert _rgb(figures["test_error.png"].axes[0].get_lines()[0].get_color()) == _rgb("tab:orange")
+
+    # plot_run reads the init from config.yaml and the class names from partition.json
+    run = write_run(tmp_path / "run", nested_settings("align_flip", 1.0, 0), test_error=0.1, misaligned_init=0,
+                    realised_h=1.0)
+    (run / "partition.json").write_text(json.dumps({"classes": ["+1", "-1"], "histograms": [[20, 0], [0, 20]]}))
+    written = plots.plot_run(run / "rounds.csv", run / "plots", "t", partition_json=run / "partition.json")
+    assert [p.name for p in written] == ["misaligned.png", "test_error.png", "label_histograms.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in written)

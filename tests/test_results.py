@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters import results
-from initmatters.results import (
-    ROUND_COLUMNS,
+from initmatters_core import results
+from initmatters_core.results import (
     RoundLog,
+    RunFiles,
+    default_output_dir,
     read_rounds_csv,
     rounds_csv_text,
-    save_weight,
+    save_state,
     write_json_atomic,
     write_text_atomic,
 )
+from initmatters_core.tasks.synthetic.task import ROUND_COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -79,7 +81,7 @@ def _parse(text: str) -> list[list[str]]:
 
 def test_rounds_csv_text_cells() -> None:
     third = 1.0 / 3.0
-    text = rounds_csv_text([
+    text = rounds_csv_text(columns=ROUND_COLUMNS, rows=[
         {"round": 0, "train_loss": float("nan"), "test_loss": None, "test_error": third, "misaligned": 7},
         {"round": 1, "train_loss": 0.1 + 0.2, "test_error": 1e-20},
     ])
@@ -99,7 +101,8 @@ def test_rounds_csv_text_cells() -> None:
 
 def test_rounds_csv_numpy_floats_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "rounds.csv"
-    path.write_text(rounds_csv_text([{"round": 1, "test_error": np.float64(0.25), "train_loss": np.float32(0.5)}]))
+    row = {"round": 1, "test_error": np.float64(0.25), "train_loss": np.float32(0.5)}
+    path.write_text(rounds_csv_text([row], ROUND_COLUMNS))
     (row,) = read_rounds_csv(path)
     assert row["test_error"] == 0.25 and row["train_loss"] == 0.5
 
@@ -115,12 +118,12 @@ def test_atomic_write_gives_umask_permissions(tmp_path: Path) -> None:
 
 def test_rounds_csv_text_unknown_column_raises() -> None:
     with pytest.raises(KeyError, match="accuracy"):
-        rounds_csv_text([{"round": 0, "accuracy": 0.5}])
+        rounds_csv_text([{"round": 0, "accuracy": 0.5}], ROUND_COLUMNS)
 
 
 def test_read_rounds_csv_inverts_text(tmp_path: Path) -> None:
     path = tmp_path / "rounds.csv"
-    path.write_text(rounds_csv_text([{"round": 2, "test_error": 0.125, "rho_same_mean": float("nan")}]))
+    path.write_text(rounds_csv_text([{"round": 2, "test_error": 0.125, "rho_same_mean": float("nan")}], ROUND_COLUMNS))
     (row,) = read_rounds_csv(path)
     assert row["round"] == 2.0 and row["test_error"] == 0.125
     assert list(row) == list(ROUND_COLUMNS)
@@ -138,7 +141,8 @@ class _Clock:
 def test_round_log_writes_csv_each_round_and_reports_progress(tmp_path: Path) -> None:
     path = tmp_path / "out" / "rounds.csv"
     messages: list[str] = []
-    log = RoundLog(path, num_rounds=3, report=messages.append, clock=_Clock([10.0, 10.5, 12.0, 14.0]))
+    log = RoundLog(path, num_rounds=3, report=messages.append, columns=ROUND_COLUMNS,
+                   clock=_Clock([10.0, 10.5, 12.0, 14.0]))
 
     log.add_eval(0, {"test_error": 0.5, "test_loss": 0.69, "misaligned": 20})
     assert "round 0/3" in messages[-1]
@@ -166,7 +170,7 @@ def test_round_log_writes_csv_each_round_and_reports_progress(tmp_path: Path) ->
 
 
 def test_plot_run_draws_the_measured_synthetic_metrics(tmp_path: Path) -> None:
-    from initmatters.plots import PLOT_FILES, plot_run
+    from initmatters_core.plots import PLOT_FILES, plot_run
 
     rows = []
     for r in range(4):
@@ -177,7 +181,7 @@ def test_plot_run_draws_the_measured_synthetic_metrics(tmp_path: Path) -> None:
             "gamma_misaligned_init_mean": float("nan") if r == 0 else 0.1 * r,
         })
     csv_path = tmp_path / "rounds.csv"
-    csv_path.write_text(rounds_csv_text(rows))
+    csv_path.write_text(rounds_csv_text(rows, ROUND_COLUMNS))
     written = plot_run(csv_path, tmp_path / "plots", title="smoke")
     expected = ["misaligned.png", "test_error.png", "signal_learning.png"]
     assert [p.name for p in written] == expected and set(expected) <= set(PLOT_FILES)
@@ -188,7 +192,7 @@ def test_plot_run_draws_the_measured_synthetic_metrics(tmp_path: Path) -> None:
 
 
 def test_plot_run_draws_image_task_metrics_and_label_histograms(tmp_path: Path) -> None:
-    from initmatters.plots import plot_run
+    from initmatters_core.plots import plot_run
 
     columns = ("round", "test_error", "conv1_pc_energy", "conv1_pc_energy_chance", "update_diversity")
     rows = [{"round": r, "test_error": 0.9 - 0.1 * r, "conv1_pc_energy": 0.2 + 0.1 * r,
@@ -212,10 +216,39 @@ def test_round_log_with_task_columns_rejects_other_metrics(tmp_path: Path) -> No
         rounds_csv_text([{"round": 0, "misaligned": 1}], ("round",))
 
 
-def test_save_weight_is_a_state_dict(tmp_path: Path) -> None:
+def test_save_state_is_a_detached_state_dict(tmp_path: Path) -> None:
     weight = torch.arange(12.0).reshape(2, 3, 2).requires_grad_(True)
-    save_weight(tmp_path / "model.pt", weight)
+    save_state(tmp_path / "model.pt", {"weight": weight})
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert list(state) == ["weight"]
     assert torch.equal(state["weight"], torch.arange(12.0).reshape(2, 3, 2))
     assert not state["weight"].requires_grad
+
+
+def test_run_files_name_the_results_contract(tmp_path: Path) -> None:
+    files = RunFiles(tmp_path)
+    assert [path.name for path in (files.config, files.rounds, files.summary, files.partition, files.model_init,
+                                   files.model_final, files.plots, files.checkpoint)] == [
+        "config.yaml", "rounds.csv", "summary.json", "partition.json", "model_init.pt", "model_final.pt", "plots",
+        "checkpoint.pt"]
+    assert files.checkpoint.parent == files.checkpoint_dir
+    assert not files.finished() and not files.interrupted()
+    files.checkpoint_dir.mkdir()
+    files.checkpoint.write_bytes(b"x")
+    assert files.interrupted()
+    files.summary.write_text("{}")
+    assert files.finished() and not files.interrupted()
+
+
+def test_default_output_dir_is_a_new_dated_folder(tmp_path: Path) -> None:
+    first, second = default_output_dir(tmp_path), default_output_dir(tmp_path)
+    assert first.parent.parent == tmp_path / "outputs" and first != second
+
+
+def test_progress_line_shows_the_task_metric(tmp_path: Path) -> None:
+    messages: list[str] = []
+    log = RoundLog(tmp_path / "rounds.csv", 2, messages.append, ("round", "test_error", "conv1_pc_energy", "elapsed_s"),
+                   progress_metric="conv1_pc_energy")
+    log.add_eval(0, {"test_error": 0.5, "conv1_pc_energy": 0.25})
+    assert "conv1_pc_energy 0.2500" in messages[-1]
+

@@ -9,10 +9,13 @@ import pytest
 import yaml
 
 from initmatters.compose import CONF_DIR
-from initmatters.federated import flatten_settings, unflatten_settings
-from initmatters.settings import IMAGE_INIT_NAMES, INIT_NAMES, ExperimentSettings, SettingError
+from initmatters.protocol import config_to_settings, settings_to_config
+from initmatters_core.settings import ExperimentSettings, SettingError, client_settings
+from initmatters_core.tasks import settings_from_dict, task_name
+from initmatters_core.tasks.image.settings import INIT_NAMES as IMAGE_INIT_NAMES
+from initmatters_core.tasks.synthetic.settings import INIT_NAMES
 
-GROUPS = ("data", "model", "init", "heterogeneity", "fl", "debug")
+GROUPS = ("data", "model", "init", "heterogeneity", "fl", "strategy", "debug")
 IMAGE = "data=digits model=patch_cnn heterogeneity=dirichlet"
 # Options that need an extra override to be complete, or the image task around them.
 EXTRA = {
@@ -56,7 +59,7 @@ def test_every_group_option_composes(compose_settings, group: str, option: str) 
     if group == "debug":
         assert settings.fl.num_rounds == values["fl"]["num_rounds"]
     # The resolved YAML is the same configuration as the typed settings.
-    assert ExperimentSettings.from_dict(values) == settings
+    assert settings_from_dict(values) == settings
 
 
 def test_every_experiment_composes(compose_settings) -> None:
@@ -66,7 +69,7 @@ def test_every_experiment_composes(compose_settings) -> None:
         assert isinstance(settings, ExperimentSettings)
         small, _ = compose_settings(f"experiment={name} debug=default")  # debug wins over the preset
         assert (small.fl.num_clients, small.fl.num_rounds) == (2, 2)
-        if not small.image_task:
+        if task_name(small) == "synthetic":
             assert small.data.dim == 100
 
 
@@ -106,9 +109,11 @@ BAD = [
     ("fl.weight_decay=-1", "fl.weight_decay"),
     ("fl.local_epochs=-1", "fl.local_epochs"),
     ("fl.device=tpu", "fl.device"),
-    ("data=digits heterogeneity=dirichlet", "model=two_layer_cnn"),
-    ("model=resnet18", "model=resnet18"),
-    ("data=digits model=patch_cnn", "heterogeneity"),
+    ("data=digits model=two_layer_cnn heterogeneity=dirichlet", "model='two_layer_cnn'"),
+    ("model=resnet18", "model='resnet18'"),
+    ("data=digits model=patch_cnn heterogeneity=label_skew", "heterogeneity"),
+    ("strategy=fedprox strategy.proximal_mu=x", "strategy.proximal_mu"),
+    ("+strategy.nonsense=1", "strategy.nonsense"),
     ("data=digits model=patch_cnn heterogeneity=iid init=pretrained", "data.noise_std"),
     ("data=digits model=patch_cnn heterogeneity=iid init=align_flip", "init"),
     ("data=digits model=patch_cnn heterogeneity=iid init=imagenet", "init"),
@@ -145,7 +150,7 @@ def test_unknown_init_lists_allowed_options(compose_settings) -> None:
 
 def test_from_dict_roundtrip(small_settings) -> None:
     settings, _ = small_settings
-    assert ExperimentSettings.from_dict(settings.to_dict()) == settings
+    assert settings_from_dict(settings.to_dict()) == settings
 
 
 def test_from_dict_rejects_unknown_and_missing_keys(small_settings) -> None:
@@ -154,7 +159,7 @@ def test_from_dict_rejects_unknown_and_missing_keys(small_settings) -> None:
 
     def expect_error(values: dict, key: str) -> None:
         with pytest.raises(SettingError) as error:
-            ExperimentSettings.from_dict(values)
+            settings_from_dict(values)
         assert key in str(error.value) and "\n" not in str(error.value)
 
     extra_top = copy.deepcopy(base)
@@ -181,7 +186,7 @@ def test_from_dict_accepts_int_for_float(small_settings) -> None:
     values = small_settings[0].to_dict()
     values["fl"]["lr"] = 1
     values["data"]["signal_norm"] = 2
-    settings = ExperimentSettings.from_dict(values)
+    settings = settings_from_dict(values)
     assert settings.fl.lr == 1.0 and isinstance(settings.fl.lr, float)
     assert settings.data.signal_norm == 2.0 and isinstance(settings.data.signal_norm, float)
 
@@ -191,13 +196,17 @@ def test_from_dict_accepts_int_for_float(small_settings) -> None:
     "init=pretrained heterogeneity.h=0.5",
     "heterogeneity=dirichlet init=misaligned_fraction",
     "heterogeneity=pathological fl.batch_size=4 fl.fraction_train=0.5",
-    "init=checkpoint init.path=/x/model_final.pt",
+    "init=checkpoint init.path=/x/model_final.pt strategy=fedadam",
+    "data=digits model=patch_cnn heterogeneity=dirichlet",
 ])
-def test_flatten_unflatten_roundtrip(compose_settings, overrides: str) -> None:
+def test_client_settings_travel_and_come_back(compose_settings, overrides: str) -> None:
     settings, _ = compose_settings(overrides)
-    flat = flatten_settings(settings)
+    flat = settings_to_config(client_settings(settings))
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
     assert flat["seed"] == settings.seed
     assert flat["fl.lr"] == settings.fl.lr
     assert all("." in key for key in flat if key != "seed")
-    assert unflatten_settings(flat) == settings
+    # server-only settings stay on the server
+    assert not any(key.startswith(("init.", "log.", "strategy.")) for key in flat)
+    assert not {"fl.wait_for_nodes_s", "fl.num_rounds", "fl.fraction_train"} & set(flat)
+    assert config_to_settings({**flat, "server-round": 3}) == client_settings(settings)

@@ -1,4 +1,4 @@
-"""initmatters.vision: image datasets (offline), partitions, ResNet18 / PatchCNN, alignment, augmentation.
+"""initmatters_core.tasks.image: image datasets (offline), partitions, ResNet18 / PatchCNN, alignment, augmentation.
 
 Offline and CPU-only: digits ships with scikit-learn; CIFAR-10 / TinyImageNet are tiny fixtures in
 their Hub format written here; ImageNet weights are a locally saved random ResNet18.
@@ -17,23 +17,32 @@ import torchvision
 from PIL import Image
 from torch.nn import functional
 
-from initmatters.alignment import aligned_mask as binary_aligned_mask
-from initmatters.alignment import flat_update, update_diversity
-from initmatters.model import TwoLayerReluCNN, logistic_loss
-from initmatters.partition import realised_heterogeneity
-from initmatters.settings import SettingError
-from initmatters.training import train_steps
-from initmatters.vision import alignment, models, partitions
-from initmatters.vision import datasets as vision_datasets
-from initmatters.vision.datasets import DataUnavailableError, load_image_dataset, to_tensors
-from initmatters.vision.models import PatchCNN, WeightsUnavailableError, load_imagenet_weights, patchify, resnet18
-from initmatters.vision.partitions import heterogeneity_measure, image_partitions, plot_label_histograms
-from initmatters.vision.transforms import (
+from initmatters_core import federation as partitions
+from initmatters_core.federation import heterogeneity_measure
+from initmatters_core.metrics import flat_update, update_diversity
+from initmatters_core.plots import plot_label_histograms
+from initmatters_core.settings import SettingError
+from initmatters_core.tasks.image import alignment, models
+from initmatters_core.tasks.image import datasets as vision_datasets
+from initmatters_core.tasks.image.datasets import DataUnavailableError, load_image_dataset, to_tensors
+from initmatters_core.tasks.image.models import (
+    PatchCNN,
+    WeightsUnavailableError,
+    load_imagenet_weights,
+    patchify,
+    resnet18,
+)
+from initmatters_core.tasks.image.partitions import image_partitions
+from initmatters_core.tasks.image.transforms import (
     BatchAugment,
     attach_train_augmentation,
     make_batch_augment,
     train_augmentation,
 )
+from initmatters_core.tasks.synthetic.alignment import aligned_mask as binary_aligned_mask
+from initmatters_core.tasks.synthetic.model import TwoLayerReluCNN, logistic_loss
+from initmatters_core.tasks.synthetic.partition import realised_heterogeneity
+from initmatters_core.training import train_steps
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -180,8 +180,8 @@ class SharedSimulationLauncher(Launcher):
     def _prepare(self, index: int, overrides: list[str]) -> _Job:
         """Compose the job's config, find its folder, validate its settings, check for resume."""
         from initmatters.compose import settings_from_config
-        from initmatters.results import SUMMARY_FILE
-        from initmatters.settings import SettingError
+        from initmatters_core.results import RunFiles
+        from initmatters_core.settings import SettingError
 
         assert self.config is not None and self.hydra_context is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -198,9 +198,10 @@ class SharedSimulationLauncher(Launcher):
             job.error = str(error)
             return job
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
-        config_file = job.output_dir / "config.yaml"
+        files = RunFiles(job.output_dir)
+        config_file = files.config
         job.finished_before = (
-            (job.output_dir / SUMMARY_FILE).is_file()
+            files.finished()
             and config_file.is_file()
             and config_file.read_text() == job.resolved_yaml
         )
@@ -267,7 +268,7 @@ class SharedSimulationLauncher(Launcher):
         }
 
     def _run_job_on_grid(self, job: _Job, grid: Any, progress: _Progress) -> JobReturn:
-        from server_app.app import run_federated
+        from server_app.experiment import run_federated
 
         started = time.monotonic()
 
@@ -294,7 +295,7 @@ class SharedSimulationLauncher(Launcher):
     def _run_with_flwr(self, job: _Job, progress: _Progress) -> JobReturn:
         """One job through `flwr run <project> <connection>`; success = its summary.json exists."""
         from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run
-        from initmatters.results import SUMMARY_FILE
+        from initmatters_core.results import SUMMARY_FILE
 
         started = time.monotonic()
         job.output_dir.mkdir(parents=True, exist_ok=True)

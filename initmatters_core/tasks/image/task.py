@@ -10,11 +10,11 @@ Data flow (the same in simulation and on devices, every step seeded from the exp
    (or a seeded subset of data.test_samples) to measure the global model, and saves the
    per-client label histograms and the heterogeneity H with the results.
 3. A round on a client: load the global state dict, run the project's one loop
-   (`initmatters.training.train_steps`) with cross-entropy, mini-batch SGD (momentum, weight
+   (`initmatters_core.training.train_steps`) with cross-entropy, mini-batch SGD (momentum, weight
    decay), local epochs or steps and, with data.augment, torchvision v2 augmentation; reply with
    the new state dict.
 Per round the server logs test loss/error, the alignment of the global model (the project's
-extension: `initmatters.vision.alignment`) and the update diversity of the clients.
+extension: `initmatters_core.tasks.image.alignment`) and the update diversity of the clients.
 """
 
 from __future__ import annotations
@@ -29,31 +29,31 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from initmatters.alignment import TRANSITION_KEYS
-from initmatters.federated import ClientDataCache, client_schedule, tensor_bytes
-from initmatters.results import cpu_state
-from initmatters.seeding import Stream, int_seed, numpy_rng, torch_generator
-from initmatters.settings import ExperimentSettings, HeterogeneitySettings, ImageDataSettings, SettingError
-from initmatters.tasks import State, StateUpdate, TaskServer, partition_summary
-from initmatters.training import steps_per_epoch, train_steps
-from initmatters.vision import alignment
-from initmatters.vision.datasets import ImageDataset, ImageDatasetInfo, load_image_dataset, to_tensors
-from initmatters.vision.models import PatchCNN, WeightsUnavailableError, load_imagenet_weights, resnet18
-from initmatters.vision.partitions import ImagePartition, image_partitions, stratified_split
-from initmatters.vision.transforms import make_batch_augment
+from initmatters_core.federation import (
+    ClientDataCache,
+    check_partition_id,
+    client_schedule,
+    partition_summary,
+    resolve_device,
+    stratified_split,
+    tensor_bytes,
+)
+from initmatters_core.metrics import TRANSITION_KEYS
+from initmatters_core.results import cpu_state
+from initmatters_core.seeding import Stream, int_seed, numpy_rng, torch_generator
+from initmatters_core.settings import ClientSettings, ExperimentSettings, HeterogeneitySettings, SettingError
+from initmatters_core.tasks.base import State, StateUpdate, TaskServer
+from initmatters_core.tasks.image import alignment
+from initmatters_core.tasks.image.datasets import ImageDataset, ImageDatasetInfo, load_image_dataset, to_tensors
+from initmatters_core.tasks.image.models import PatchCNN, WeightsUnavailableError, load_imagenet_weights, resnet18
+from initmatters_core.tasks.image.partitions import ImagePartition, image_partitions
+from initmatters_core.tasks.image.settings import ImageDataSettings
+from initmatters_core.tasks.image.transforms import make_batch_augment
+from initmatters_core.training import local_step_count, train_steps
 
 IMAGE_CACHE_BYTES = 2 * 2**30  # per process: the decoded images of the clients it trains (CIFAR-10: 61 MB each)
 PER_CLASS_COLUMNS_UP_TO = 10  # aligned_class{c} columns for at most this many classes
 RESNET_PROXY_COLUMNS = ("conv1_pc_energy", "conv1_pc_energy_chance", "conv1_pc1_abs_cos")
-
-
-def resolve_device(name: str) -> torch.device:
-    """fl.device as a torch.device: auto = cuda when this process sees a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SettingError("fl.device=cuda is invalid here: allowed cpu|auto (torch.cuda.is_available() is False)")
-    return torch.device(name)
 
 
 @functools.lru_cache(maxsize=4)
@@ -62,10 +62,12 @@ def cached_dataset(name: str, split: str, data_dir: str | None) -> ImageDataset:
     return load_image_dataset(name, split, data_dir or None)
 
 
-def check_image_data(data: ImageDataSettings) -> None:
-    """Load both splits once, so missing data fails with its one-line error before any start-up."""
+def check_local_data(settings: ExperimentSettings) -> None:
+    """Load both splits once and resolve fl.device, so missing data or an unusable device fails with
+    its one-line error before any start-up."""
+    resolve_device(settings.fl.device)
     for split in ("train", "test"):
-        cached_dataset(data.name, split, data.data_dir)
+        cached_dataset(settings.data.name, split, settings.data.data_dir)
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,7 @@ def client_tensors(
     settings: ExperimentSettings, partition_id: int, num_partitions: int, cache: ClientDataCache
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [n_k, C, H, W] normalised, labels [n_k]) of client `partition_id`, memoized in `cache`."""
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id={partition_id} is out of range: allowed 0..{num_partitions - 1}")
+    check_partition_id(partition_id, num_partitions)
     key = _client_cache_key(settings, partition_id, num_partitions)
     cached = cache.get(key)
     if cached is not None:
@@ -141,30 +142,24 @@ def client_tensors(
 _client_cache = ClientDataCache(IMAGE_CACHE_BYTES)
 
 
-def local_step_count(settings: ExperimentSettings, num_examples: int) -> int:
-    """fl.local_epochs passes of ceil(n / batch_size) steps, or fl.local_steps when epochs are 0."""
-    if settings.fl.local_epochs > 0:
-        return settings.fl.local_epochs * steps_per_epoch(num_examples, settings.fl.batch_size)
-    return settings.fl.local_steps
-
-
 def train_image_model(
     settings: ExperimentSettings, model: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
     steps: int, lr: float, batches: torch.Generator, augmentation: torch.Generator, device: torch.device,
+    proximal_mu: float = 0.0,
 ) -> float:
     """The one loop with the image task's loss, optimizer settings and (seeded) augmentation."""
     augment = make_batch_augment(settings.data.name, augmentation) if settings.data.augment else None
     return train_steps(
         model, features, labels, functional.cross_entropy,
         steps=steps, lr=lr, batch_size=settings.fl.batch_size,
-        momentum=settings.fl.momentum, weight_decay=settings.fl.weight_decay,
+        momentum=settings.fl.momentum, weight_decay=settings.fl.weight_decay, proximal_mu=proximal_mu,
         generator=batches, transform=augment, device=device, eval_batch_size=settings.data.eval_batch_size,
     )
 
 
-def image_local_update(
-    settings: ExperimentSettings, partition_id: int, num_partitions: int, global_state: State, server_round: int,
-    cache: ClientDataCache = _client_cache,
+def local_update(
+    settings: ClientSettings | ExperimentSettings, partition_id: int, num_partitions: int, global_state: State,
+    init_state: State | None, server_round: int, proximal_mu: float = 0.0, cache: ClientDataCache = _client_cache,
 ) -> StateUpdate:
     """One client's round: local SGD from the global state on its partition of the train split."""
     if num_partitions != settings.fl.num_clients:
@@ -174,9 +169,10 @@ def image_local_update(
     features, labels = client_tensors(settings, partition_id, num_partitions, cache)
     split = image_split(settings.data, settings.heterogeneity, settings.seed, num_partitions)
     model = model_from_state(settings, split.train.info, split.train.num_classes, global_state)
+    steps = local_step_count(settings.fl.local_steps, settings.fl.local_epochs, int(labels.shape[0]),
+                             settings.fl.batch_size)
     train_loss = train_image_model(
-        settings, model, features, labels, steps=local_step_count(settings, int(labels.shape[0])),
-        lr=settings.fl.lr, device=device,
+        settings, model, features, labels, steps=steps, lr=settings.fl.lr, device=device, proximal_mu=proximal_mu,
         batches=torch_generator(settings.seed, Stream.LOCAL_BATCHES, partition_id, server_round),
         augmentation=torch_generator(settings.seed, Stream.AUGMENT, partition_id, server_round),
     )
@@ -283,7 +279,7 @@ def evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor, bat
     return {"test_loss": loss_sum / count, "test_error": errors / count}
 
 
-def image_server_setup(settings: ExperimentSettings) -> TaskServer:
+def server_setup(settings: ExperimentSettings) -> TaskServer:
     """The image task's server side (see the module docstring)."""
     device = resolve_device(settings.fl.device)
     split = image_split(settings.data, settings.heterogeneity, settings.seed, settings.fl.num_clients)
@@ -296,13 +292,12 @@ def image_server_setup(settings: ExperimentSettings) -> TaskServer:
 
     def central(state: State) -> dict[str, float]:
         eval_model.load_state_dict(state, strict=True)
-        return evaluate(eval_model, features, labels, settings.data.eval_batch_size, device)
+        return {**evaluate(eval_model, features, labels, settings.data.eval_batch_size, device), **alignment_fn(state)}
 
     partition = split.partition
     class_names = [str(c) for c in range(num_classes)]
     return TaskServer(
         init_state=init_state,
-        alignment_metrics=alignment_fn,
         central_metrics=central,
         round_columns=("round", "train_loss", "test_loss", "test_error", *alignment_columns, "update_diversity",
                        "clients", "elapsed_s"),
@@ -315,4 +310,5 @@ def image_server_setup(settings: ExperimentSettings) -> TaskServer:
         description=(f"data={info.name} from {split.train.source} ({len(split.train)} train, "
                      f"{split.proxy_rows.shape[0]} proxy, {labels.shape[0]} test of {len(test)}), "
                      f"H={partition.heterogeneity:.4f}, device={device}; {how}"),
+        progress_metric=alignment_columns[1] if settings.model.name == "patch_cnn" else alignment_columns[0],
     )

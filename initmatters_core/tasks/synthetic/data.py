@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from initmatters.seeding import Stream, numpy_rng
+from initmatters_core.seeding import Stream, numpy_rng
 
 SIGNAL_PATCH, NOISE_PATCH = 0, 1
 

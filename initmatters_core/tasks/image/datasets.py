@@ -23,7 +23,7 @@ the columns "image" and "label" (int), its class count and the dataset's constan
   command that makes a local copy.
 
 Train/test handling per client (the integration's contract): the clients' data are the
-partitions (`initmatters.vision.partitions.image_partitions`) of the train split, each client
+partitions (`initmatters_core.federation.image_partitions`) of the train split, each client
 trains on all of its partition; the test split is held by the server and only used to measure
 the global model; a server-side proxy set for central pre-training is carved out of the train
 split with `partitions.stratified_split` before partitioning, so clients never see it.
@@ -41,7 +41,7 @@ import datasets
 import numpy as np
 import torch
 
-from initmatters.settings import SettingError
+from initmatters_core.settings import SettingError
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
@@ -211,7 +211,7 @@ def _decode_images(images: list, info: ImageDatasetInfo) -> np.ndarray:
 def _load_digits(split: str) -> ImageDataset:
     from sklearn.datasets import load_digits
 
-    from initmatters.vision.partitions import stratified_split
+    from initmatters_core.federation import stratified_split
 
     bunch = load_digits()
     labels = np.asarray(bunch.target, dtype=np.int64)

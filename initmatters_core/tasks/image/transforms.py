@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchvision.transforms import v2
 
-from initmatters.vision.datasets import DATASETS
+from initmatters_core.tasks.image.datasets import DATASETS
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,7 +66,7 @@ def attach_train_augmentation(model: nn.Module, augment: BatchTransform) -> Remo
 
     A forward pre-hook: the state dict is unchanged, `model.eval()` switches it off, and
     `handle.remove()` detaches it. This lets the project's one loop,
-    `initmatters.training.train_steps`, train with augmentation as it is (it calls model.train()
+    `initmatters_core.training.train_steps`, train with augmentation as it is (it calls model.train()
     before its steps and evaluates in eval mode); a `transform` argument of train_steps would be
     the explicit alternative.
     """

@@ -16,7 +16,7 @@ Pure functions on tensors, computed by the server on the global model every roun
    filters. A random isotropic filter scores k/D in expectation (reported alongside as chance);
    filters tuned to image statistics (e.g. pre-trained ones) score higher. Also reported: the
    mean |cosine| of the filters with the first principal component.
-Update diversity (any model) lives in `initmatters.alignment.update_diversity`.
+Update diversity (any model) lives in `initmatters_core.metrics.update_diversity`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from initmatters.alignment import transition_table
-from initmatters.vision.models import patchify
+from initmatters_core.metrics import transition_table
+from initmatters_core.tasks.image.models import patchify
 
 # --- 1. multi-class patch CNN ---------------------------------------------------------------------
 

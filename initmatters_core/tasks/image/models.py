@@ -26,9 +26,9 @@ import torchvision
 from torch import nn
 from torch.nn import functional
 
-from initmatters.settings import SettingError
+from initmatters_core.settings import SettingError
+from initmatters_core.tasks.image.settings import NORMS
 
-NORMS = ("batch", "group")
 MAX_GROUPS = 32
 IMAGENET_WEIGHTS_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
 DOWNLOAD_SOCKET_TIMEOUT_S = 30.0

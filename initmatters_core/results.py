@@ -1,18 +1,19 @@
-"""The results contract of one run, written atomically.
+"""The results contract of one run: every file name, and writers that never leave half a file.
 
 <output_dir>/
   config.yaml      the resolved settings
-  rounds.csv       one row per round (round 0 = the initial model); columns ROUND_COLUMNS for
-                   the synthetic task, the image task's own (initmatters.vision.task)
+  rounds.csv       one row per round (round 0 = the initial model); the task's columns
   summary.json     final metrics, realised h, wall time, package versions (written last)
   partition.json   per-client sizes and label histograms [K, C] and the heterogeneity H
   model_init.pt    state dict before round 1 (synthetic: {"weight": [2, m, d]})
   model_final.pt   state dict after the last round
-  signal.pt        synthetic task: mu, a 1-D tensor [d]
+  <artifacts>      files a task adds (synthetic: signal.pt, mu as a 1-D tensor [d])
   plots/*.png      figures made from rounds.csv and partition.json alone
+  checkpoint/checkpoint.pt   only while the run is in progress (removed once summary.json exists)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
-crash never leaves a half-written file.
+crash never leaves a half-written file. Other modules name these files through the constants
+here (or `RunFiles`), never by literal.
 """
 
 from __future__ import annotations
@@ -25,39 +26,78 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from initmatters.model import WEIGHT_KEY
-
-# Column order of rounds.csv; blank cells mean "not measured this round" (e.g. train metrics at
-# round 0, where no client has trained yet).
-ROUND_COLUMNS = (
-    "round",
-    "train_loss",
-    "test_loss",
-    "test_error",
-    "aligned",
-    "misaligned",
-    "aligned_pos",
-    "misaligned_pos",
-    "aligned_neg",
-    "misaligned_neg",
-    "misaligned_init_aligned_now",
-    "misaligned_init_misaligned_now",
-    "aligned_init_aligned_now",
-    "aligned_init_misaligned_now",
-    "gamma_aligned_init_mean",
-    "gamma_misaligned_init_mean",
-    "rho_same_mean",
-    "rho_other_mean",
-    "update_diversity",
-    "clients",
-    "elapsed_s",
-)
+CONFIG_FILE = "config.yaml"
+ROUNDS_FILE = "rounds.csv"
 SUMMARY_FILE = "summary.json"
+PARTITION_FILE = "partition.json"
+MODEL_INIT_FILE = "model_init.pt"
+MODEL_FINAL_FILE = "model_final.pt"
+PLOTS_DIR = "plots"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def default_output_dir(base: Path) -> Path:
+    """<base>/outputs/<date>/<time with microseconds>: a new folder per run."""
+    return base / "outputs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The paths of one run's results folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / ROUNDS_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def partition(self) -> Path:
+        return self.root / PARTITION_FILE
+
+    @property
+    def model_init(self) -> Path:
+        return self.root / MODEL_INIT_FILE
+
+    @property
+    def model_final(self) -> Path:
+        return self.root / MODEL_FINAL_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+    def finished(self) -> bool:
+        """summary.json is written last: its presence marks a complete run."""
+        return self.summary.is_file()
+
+    def interrupted(self) -> bool:
+        """A checkpoint and no summary.json: a run to resume."""
+        return self.checkpoint.exists() and not self.finished()
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
@@ -97,11 +137,6 @@ def save_tensor_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def save_weight(path: Path, weight: torch.Tensor) -> None:
-    """Save a [2, m, d] weight as the state dict {"weight": ...} of TwoLayerReluCNN."""
-    save_state(path, {WEIGHT_KEY: weight})
-
-
 def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a state dict, names in order (safe to keep while the model trains on)."""
     return {key: value.detach().cpu().clone() for key, value in state.items()}
@@ -121,7 +156,7 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def rounds_csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = ROUND_COLUMNS) -> str:
+def rounds_csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """rounds.csv content for `rows` (dicts keyed by `columns`; extra keys are an error)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -143,6 +178,11 @@ def read_rounds_csv(path: Path) -> list[dict[str, float]]:
         ]
 
 
+def finite_or_none(value: float) -> float | None:
+    """JSON-safe float: None for NaN/inf."""
+    return value if math.isfinite(value) else None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -158,8 +198,8 @@ class RoundLog:
     evaluation via `add_eval`, which closes the round's row. Round 0 is the initial model.
     """
 
-    def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic, columns: Sequence[str] = ROUND_COLUMNS) -> None:
+    def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None], columns: Sequence[str],
+                 clock: Callable[[], float] = time.monotonic, progress_metric: str = "misaligned") -> None:
         self.path = path
         self.columns = tuple(columns)
         self.num_rounds = num_rounds
@@ -168,6 +208,7 @@ class RoundLog:
         self._report = report
         self._clock = clock
         self._start = clock()
+        self._progress_metric = progress_metric
 
     def add_train(self, server_round: int, metrics: Mapping[str, Any]) -> None:
         self._pending.setdefault(server_round, {}).update(
@@ -186,7 +227,7 @@ class RoundLog:
         done = int(row["round"])
         left = elapsed / done * (self.num_rounds - done) if done else float("nan")
         eta = f"~{left:.1f}s left" if done else "starting"
-        alignment = (f"misaligned {row['misaligned']}" if "misaligned" in row
-                     else f"conv1_pc_energy {row.get('conv1_pc_energy', float('nan')):.4f}")
+        value = row.get(self._progress_metric, float("nan"))
+        alignment = f"{self._progress_metric} {value if isinstance(value, int) else format(value, '.4f')}"
         return (f"round {done}/{self.num_rounds} | test_error {row.get('test_error', float('nan')):.4f} "
                 f"| {alignment} | {elapsed:.1f}s elapsed, {eta}")

@@ -22,6 +22,7 @@ def train_steps(
     batch_size: int = 0,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
     generator: torch.Generator | None = None,
     transform: BatchTransform | None = None,
     device: torch.device | str | None = None,
@@ -35,6 +36,8 @@ def train_steps(
     `batch_size` (the last one holds n mod batch_size when that is not 0), so ceil(n /
     batch_size) steps make one epoch.
 
+    proximal_mu: FedProx's proximal term: (mu / 2) ||w - w_start||^2 is added to every step's
+    loss, w_start being the model this call started from (the round's global model); 0 = none.
     transform: applied to every training batch (e.g. augmentation), never to the final loss.
     device: where the model and the batches live during training (the model is moved there;
     the data stay where they are and batches are copied); None = the model's own device.
@@ -50,6 +53,7 @@ def train_steps(
         model.to(device)
     target = next(model.parameters()).device
     params = list(model.parameters())
+    anchors = [param.detach().clone() for param in params] if proximal_mu else None
     optimizer = None
     if momentum != 0.0 or weight_decay != 0.0:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -68,7 +72,11 @@ def train_steps(
             batch_x = transform(batch_x)
         for param in params:
             param.grad = None
-        loss_fn(model(batch_x), batch_y).backward()
+        loss = loss_fn(model(batch_x), batch_y)
+        if anchors is not None:
+            distance = sum((param - anchor).pow(2).sum() for param, anchor in zip(params, anchors, strict=True))
+            loss = loss + 0.5 * proximal_mu * distance
+        loss.backward()
         if optimizer is not None:
             optimizer.step()
             continue
@@ -91,6 +99,14 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     if batch_size <= 0 or batch_size >= num_samples:
         return 1
     return -(-num_samples // batch_size)
+
+
+def local_step_count(local_steps: int, local_epochs: int, num_examples: int, batch_size: int) -> int:
+    """A client's steps per round: local_epochs passes of ceil(n / batch_size) steps when
+    local_epochs > 0 (fl.local_epochs), else local_steps (fl.local_steps)."""
+    if local_epochs > 0:
+        return local_epochs * steps_per_epoch(num_examples, batch_size)
+    return local_steps
 
 
 @torch.no_grad()

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from initmatters.alignment import aligned_mask
-from initmatters.data import source_set
-from initmatters.model import WEIGHT_KEY, logistic_loss, model_from_weight
-from initmatters.seeding import Stream, torch_generator
-from initmatters.settings import InitSettings, ModelSettings
-from initmatters.training import train_steps
+from initmatters_core.seeding import Stream, torch_generator
+from initmatters_core.settings import InitSettings
+from initmatters_core.tasks.synthetic.alignment import aligned_mask
+from initmatters_core.tasks.synthetic.data import source_set
+from initmatters_core.tasks.synthetic.model import WEIGHT_KEY, logistic_loss, model_from_weight
+from initmatters_core.tasks.synthetic.settings import ModelSettings
+from initmatters_core.training import train_steps
 
 
 def random_weight(dim: int, filters_per_class: int, init_std: float, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,98 @@
+"""Settings of the synthetic task: the paper's signal-plus-noise data and two-layer ReLU CNN.
+
+Torch-free (validation must not import the numerical stack). The registry
+(`initmatters_core.tasks`) reads DATA_NAMES, MODEL_NAMES, the section types and `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from initmatters_core.settings import (
+    ExperimentSettings,
+    is_number,
+    positive_float,
+    positive_int,
+    require,
+)
+
+DATA_NAMES = ("synthetic",)
+MODEL_NAMES = ("two_layer_cnn",)
+HETEROGENEITY_SCHEMES = ("label_skew", "iid", "dirichlet", "pathological")
+INIT_NAMES = ("random", "pretrained", "align_flip", "misaligned_fraction", "checkpoint")
+DEFAULT_MODEL = "two_layer_cnn"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Signal-plus-noise data model: x = [y_hat * mu, xi], xi ~ N(0, sigma_p^2 (I - uu^T))."""
+
+    dim: int  # d, the patch dimension
+    signal_norm: float  # ||mu||
+    noise_std: float  # sigma_p
+    label_noise: float  # p, probability that the observed label is flipped
+    samples_per_client: int  # n (the mean size for dirichlet/pathological)
+    test_samples: int  # balanced fresh test set held by the server
+    name: str = "synthetic"
+
+    def validate(self) -> None:
+        require(isinstance(self.dim, int) and not isinstance(self.dim, bool) and self.dim >= 2, "data.dim", self.dim,
+                "an integer >= 2")
+        positive_float("data.signal_norm", self.signal_norm)
+        positive_float("data.noise_std", self.noise_std)
+        require(is_number(self.label_noise) and 0.0 <= self.label_noise < 0.5,
+                "data.label_noise", self.label_noise, "a number in [0, 0.5)")
+        positive_int("data.samples_per_client", self.samples_per_client)
+        require(isinstance(self.test_samples, int) and self.test_samples >= 2 and self.test_samples % 2 == 0,
+                "data.test_samples", self.test_samples, "an even integer >= 2")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Two-layer ReLU CNN: 2 x m filters in R^d, fixed second layer +-1/m."""
+
+    filters_per_class: int  # m
+    init_std: float  # sigma_0 of the random initialization
+    name: str = "two_layer_cnn"
+
+    def validate(self) -> None:
+        positive_int("model.filters_per_class", self.filters_per_class)
+        positive_float("model.init_std", self.init_std)
+
+
+def model_section(name: str) -> type:
+    """The model section type of `name` (one of MODEL_NAMES)."""
+    return ModelSettings
+
+
+def data_section(name: str) -> type:
+    """The data section type of `name` (one of DATA_NAMES)."""
+    return DataSettings
+
+
+def validate(settings: ExperimentSettings) -> None:
+    """What only the synthetic task checks: its partitions and initializations."""
+    heterogeneity, init, fl = settings.heterogeneity, settings.init, settings.fl
+    heterogeneity.validate(HETEROGENEITY_SCHEMES)
+    if heterogeneity.name == "label_skew":
+        require(fl.num_clients % 2 == 0, "fl.num_clients", fl.num_clients,
+                "an even number with heterogeneity=label_skew (clients alternate majority label)")
+    if heterogeneity.name == "dirichlet":
+        n = settings.data.samples_per_client
+        require(heterogeneity.min_partition_size <= n, "heterogeneity.min_partition_size",
+                heterogeneity.min_partition_size, f"an integer in [0, data.samples_per_client={n}]")
+    if heterogeneity.name == "pathological":
+        require(heterogeneity.classes_per_client in (1, 2), "heterogeneity.classes_per_client",
+                heterogeneity.classes_per_client, "1 or 2 (binary task)")
+    init.validate(INIT_NAMES, "with data=synthetic")
+    if init.name == "pretrained":
+        require(isinstance(init.steps, int) and init.steps >= 0, "init.steps", init.steps, "an integer >= 0")
+        positive_float("init.lr", init.lr)
+        require(isinstance(init.source_samples, int) and init.source_samples >= 2 and init.source_samples % 2 == 0,
+                "init.source_samples", init.source_samples, "an even integer >= 2")
+        require(isinstance(init.source_seed, int) and init.source_seed >= 0, "init.source_seed", init.source_seed,
+                "an integer >= 0")
+        positive_float("init.source_noise_std", init.source_noise_std)
+    if init.name == "misaligned_fraction":
+        f = init.misaligned_fraction
+        require(is_number(f) and 0.0 <= f <= 1.0, "init.misaligned_fraction", f, "a number in [0, 1]")

@@ -1,0 +1,43 @@
+"""Which SuperNode holds which partition: asked once, before round 1, with one query message each."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from initmatters.protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, PARTITION_KEY, error_reason
+
+QUERY_TIMEOUT_S = 120.0
+
+
+def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int, int]:
+    """Map partition-id -> node id by asking every connected SuperNode (one query message each)."""
+    deadline = time.monotonic() + wait_s
+    while len(node_ids := list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if len(node_ids) != num_clients:
+        raise RuntimeError(
+            f"fl.num_clients={num_clients} but {len(node_ids)} SuperNodes are connected after {wait_s:g}s: "
+            f"run exactly {num_clients} (simulation: --federation-config 'num-supernodes={num_clients}')"
+        )
+    queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
+    node_of_partition: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=QUERY_TIMEOUT_S):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise RuntimeError(f"SuperNode {node} rejected the run: {error_reason(reply)}")
+        partition = reply.content[PARTITION_KEY]
+        partition_id, num_partitions = int(partition[PARTITION_ID_KEY]), int(partition[NUM_PARTITIONS_KEY])
+        if num_partitions != num_clients:
+            raise RuntimeError(
+                f"SuperNode {node} has num-partitions={num_partitions}, but fl.num_clients={num_clients}"
+            )
+        if partition_id in node_of_partition:
+            raise RuntimeError(f"two SuperNodes hold partition-id={partition_id}: give each a distinct one")
+        node_of_partition[partition_id] = node
+    missing = sorted(set(range(num_clients)) - set(node_of_partition))
+    if missing:
+        raise RuntimeError(f"no SuperNode answered for partition-id(s) {missing}")
+    return node_of_partition

@@ -1,0 +1,153 @@
+"""One experiment on a connected grid: w(0), node discovery, the strategy, checkpoints, results.
+
+Task-agnostic: the task's `server_setup` gives w(0) as a state dict and the global model's
+measurements (test error and alignment, logged by evaluate_fn every round); the strategy
+(conf/strategy/, with ExperimentTracking) adds the reply-dependent metrics.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from initmatters.protocol import arrays_to_state, settings_to_config, state_to_arrays
+from initmatters_core.plots import plot_run
+from initmatters_core.results import (
+    RoundLog,
+    RunFiles,
+    save_state,
+    save_tensor_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from initmatters_core.settings import ExperimentSettings, client_settings
+from initmatters_core.tasks import load_task
+from server_app.checkpoint import load_checkpoint, save_checkpoint
+from server_app.discovery import discover_partitions
+from server_app.summary import run_summary
+from strategies import build_strategy
+
+
+def report_to_log(message: str) -> None:
+    log(INFO, "[initmatters] %s", message)
+
+
+class _ContinuedClock:
+    """time.monotonic, but the first reading is `earlier` seconds back (RoundLog's start)."""
+
+    def __init__(self, earlier: float) -> None:
+        self.earlier = earlier
+        self.first = True
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if self.first:
+            self.first = False
+            return now - self.earlier
+        return now
+
+
+def run_federated(
+    grid: Grid,
+    settings: ExperimentSettings,
+    resolved_config_yaml: str,
+    output_dir: Path,
+    report: Callable[[str], None] = report_to_log,
+    *,
+    resume: bool = False,
+    checkpoint: bool = True,
+) -> dict[str, Any]:
+    """Run one experiment on the connected SuperNodes and write the results contract.
+
+    checkpoint: write <output_dir>/checkpoint/checkpoint.pt after every round.
+    resume: continue from that checkpoint (same settings) instead of starting at round 0.
+    """
+    started = time.monotonic()
+    files = RunFiles(output_dir.resolve())
+    if resume and files.finished():
+        raise RuntimeError(f"cannot resume: {files.root} already holds a finished run")
+    report(f"writing results to {files.root}")
+
+    setup = load_task(settings).server_setup(settings)
+    saved = load_checkpoint(files, resolved_config_yaml, setup.init_state) if resume else None
+    write_text_atomic(files.config, resolved_config_yaml)
+    save_state(files.model_init, setup.init_state)
+    for name, tensor in setup.artifacts.items():
+        save_tensor_atomic(files.root / name, tensor)
+    write_json_atomic(files.partition, setup.partition)
+    report(f"init={settings.init.name}: {setup.description}")
+    for line in setup.warnings:
+        report(f"warning: {line}")
+    report(f"client sizes {setup.client_sizes}")
+    start_round = int(saved["round"]) if saved else 0
+    if saved:
+        report(f"resuming after round {start_round}/{settings.fl.num_rounds} from {files.checkpoint}")
+
+    node_of_partition = discover_partitions(grid, settings.fl.num_clients, settings.fl.wait_for_nodes_s)
+    earlier = float(saved["rows"][-1].get("elapsed_s") or 0.0) if saved else 0.0
+    log_rounds = RoundLog(files.rounds, settings.fl.num_rounds, report, setup.round_columns,
+                          clock=_ContinuedClock(earlier), progress_metric=setup.progress_metric)
+    if saved:
+        log_rounds.rows.extend(dict(row) for row in saved["rows"])
+    strategy = build_strategy(
+        settings.strategy,
+        node_of_partition=node_of_partition,
+        schedule=setup.schedule,
+        init_arrays=state_to_arrays(setup.init_state) if setup.send_init_state else None,
+        round_offset=start_round,
+        round_sink=log_rounds.add_train,
+        report=report,
+    )
+    if saved:
+        strategy.load_server_state(saved["server_state"])
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """The global model's test error and alignment; closes the round's row and checkpoints."""
+        if server_round == 0 and saved:
+            return None  # round start_round is already logged and checkpointed
+        true_round = server_round + start_round
+        global_state = arrays_to_state(arrays)
+        metrics = setup.central_metrics(global_state)
+        log_rounds.add_eval(true_round, metrics)
+        if checkpoint:
+            save_checkpoint(files, true_round, global_state, setup.init_state, log_rounds.rows,
+                            resolved_config_yaml, strategy.server_state())
+        return MetricRecord(metrics)
+
+    initial_arrays = state_to_arrays(saved["state"] if saved else setup.init_state)
+    rounds_left = settings.fl.num_rounds - start_round
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial_arrays,
+        num_rounds=rounds_left,
+        train_config=ConfigRecord(settings_to_config(client_settings(settings))),
+        evaluate_fn=evaluate,
+    )
+    final_arrays = result.arrays if len(result.arrays) else initial_arrays
+    if rounds_left and not len(result.arrays):
+        raise RuntimeError("no round produced a global model: every client failed (see the log)")
+    save_state(files.model_final, arrays_to_state(final_arrays))
+
+    plots = []
+    if settings.log.plots:
+        title = f"init={settings.init.name}, {settings.heterogeneity.name}, realised h={setup.realised_h:.2f}"
+        drawn = plot_run(files.rounds, files.plots, title, partition_json=files.partition)
+        plots = [str(path.relative_to(files.root)) for path in drawn]
+    summary = run_summary(settings, setup, log_rounds.rows, start_round if saved else None,
+                          time.monotonic() - started, plots)
+    write_json_atomic(files.summary, summary)  # last: its presence marks a complete run
+    shutil.rmtree(files.checkpoint_dir, ignore_errors=True)  # redundant once the run is complete
+    final_row = log_rounds.rows[-1]
+    alignment = (f", misaligned {log_rounds.rows[0]['misaligned']} -> {final_row['misaligned']}"
+                 if "misaligned" in final_row else "")
+    report(f"done: test_error {final_row['test_error']:.4f}{alignment} in {summary['wall_time_s']:.1f}s; "
+           f"results in {files.root}")
+    return summary
