@@ -6,6 +6,7 @@ typed settings. Every failure is a one-line `SettingError` naming the setting.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,16 +32,75 @@ def split_overrides(overrides: str | Sequence[str]) -> list[str]:
     return shlex.split(overrides) if isinstance(overrides, str) else list(overrides)
 
 
+def override_key(item: str) -> str:
+    """The setting an override names: "+fl.lr=0.1" -> "fl.lr"."""
+    return item.lstrip("+~").partition("=")[0]
+
+
+PATH_SETTINGS = ("init.path", "data.data_dir")  # files and folders named in settings
+
+
+def absolute_path_overrides(overrides: Sequence[str], cwd: Path) -> list[str]:
+    """`overrides` with every relative PATH_SETTINGS value made absolute against `cwd`.
+
+    A run's ServerApp and SuperNodes work in other folders (the SuperLink's, the node's); an
+    absolute path is also what config.yaml should record.
+    """
+    items = []
+    for item in overrides:
+        key, equals, value = item.partition("=")
+        if equals and key.lstrip("+~") in PATH_SETTINGS and value and not Path(value).expanduser().is_absolute():
+            item = f"{key}={(cwd / Path(value).expanduser()).resolve()}"
+        items.append(item)
+    return items
+
+
+def reject_duplicates(items: Sequence[str]) -> None:
+    """One-line SettingError when two overrides name the same setting (the later would win silently)."""
+    seen: dict[str, str] = {}
+    for item in items:
+        key = override_key(item)
+        if key in seen:
+            raise SettingError(f"{key} is given twice ({seen[key]}, {item}): give each setting once")
+        seen[key] = item
+
+
 def compose_config(overrides: str | Sequence[str] = ()) -> DictConfig:
     """conf/config.yaml with `overrides` applied (Hydra's compose API, no working-dir change)."""
     items = split_overrides(overrides)
+    reject_duplicates(items)
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="initmatters"):
-            return compose(config_name=CONFIG_NAME, overrides=items)
+        return _compose(items)
     except MissingConfigException as error:
         raise SettingError(_missing_option_message(error, items)) from None
     except (HydraException, OmegaConfBaseException) as error:
-        raise SettingError(" ".join(str(error).split())) from None
+        raise SettingError(_unknown_key_message(str(error), items) or " ".join(str(error).split())) from None
+
+
+def _compose(items: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="initmatters"):
+        return compose(config_name=CONFIG_NAME, overrides=items)
+
+
+def _unknown_key_message(error: str, items: list[str]) -> str | None:
+    """For Hydra's "Could not override 'a.b'" (whose hint `+a.b=...` would only fail later): one line
+    naming the setting and the settings its section has, with the other overrides applied."""
+    match = re.search(r"Could not override '([\w.]+)'", error)
+    if not match:
+        return None
+    key = match.group(1)
+    section, _, _ = key.rpartition(".")
+    others = [item for item in items if override_key(item) != key]
+    try:
+        node = OmegaConf.select(_compose(others), section) if section else _compose(others)
+    except (HydraException, OmegaConfBaseException):
+        node = None
+    if not isinstance(node, DictConfig):
+        return f"{key} is not a known setting"
+    allowed = "|".join(f"{section}.{name}" if section else str(name) for name in node)
+    choice = node.get("name") if section else None
+    where = f" of {section}={choice}" if isinstance(choice, str) else ""
+    return f"{key} is not a known setting{where}: allowed {allowed}"
 
 
 def settings_from_config(config: DictConfig) -> ExperimentSettings:

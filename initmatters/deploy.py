@@ -19,12 +19,10 @@ import json
 import re
 import shlex
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,11 +34,13 @@ from typing import Any
 
 from initmatters.launch import (
     PROJECT_ROOT,
+    Interrupted,
     flower_env,
     flwr_run,
     free_port,
     managed_process,
     processes_with_flwr_home,
+    stop_signals_raise,
     terminate_pids,
     venv_script,
 )
@@ -48,6 +48,7 @@ from initmatters.run import load_settings_or_report
 from initmatters_core.results import SUMMARY_FILE, RunFiles, default_output_dir
 
 CONNECTION = "deploy"  # the [superlink.deploy] connection written to the SuperLink's FLWR_HOME
+CERTIFICATES_DIR = "certificates"  # CA, SuperLink and SuperNode keys of a deployment
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"
 COMPLETED = "finished:completed"
 
@@ -110,7 +111,7 @@ class LocalDeployment:
         self.tls, self.auth = tls, auth
         self.flwr_home = self.workdir / "superlink"
         self.logs = self.workdir / "logs"
-        self.certs = self.workdir / "certificates"
+        self.certs = self.workdir / CERTIFICATES_DIR
         self.port: int | None = None
         self.superlink: subprocess.Popen | None = None
         self.supernodes: dict[str, subprocess.Popen] = {}
@@ -295,7 +296,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="continue the interrupted run whose results folder is DIR (same overrides)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="FLWR_HOMEs, logs and certificates (default: a temporary folder, removed after a "
-                             "successful run)")
+                             "successful run; its private keys are removed on every exit)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides after --, e.g. -- init=pretrained")
     return parser.parse_args(argv)
 
@@ -320,18 +321,16 @@ def _check_output_dir(output_dir: Path, resume: bool, resolved_yaml: str) -> str
     return None
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     loaded = load_settings_or_report(args.overrides)
     if loaded is None:
         return 2
-    settings, resolved_yaml = loaded
+    settings, resolved_yaml, overrides = loaded
     problem = None
-    if args.nodes != settings.fl.num_clients:
+    if args.nodes < 1:
+        problem = f"--nodes={args.nodes} is invalid: allowed a positive integer (one SuperNode per client)"
+    elif args.nodes != settings.fl.num_clients:
         problem = (f"--nodes={args.nodes} but fl.num_clients={settings.fl.num_clients}: they must be equal "
                    f"(one SuperNode per client; add -- fl.num_clients={args.nodes})")
     elif args.auth and not args.tls:
@@ -348,24 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"initmatters.deploy: SuperLink + {args.nodes} SuperNodes, {security}, {settings.fl.num_rounds} "
           f"round{'s' if settings.fl.num_rounds != 1 else ''}; "
           f"{'resuming' if args.resume else 'results ->'} {output_dir}; work folder {workdir}", flush=True)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:  # SIGTERM unwinds like Ctrl-C: every process is stopped
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with LocalDeployment(workdir, tls=args.tls, auth=args.auth) as deployment:
+        with stop_signals_raise(), LocalDeployment(workdir, tls=args.tls, auth=args.auth) as deployment:
             deployment.start(args.nodes)
             print(f"initmatters.deploy: SuperLink on {deployment.address}, {args.nodes} SuperNodes online; "
                   f"logs in {deployment.logs}", flush=True)
-            outcome = deployment.run_app(args.overrides, output_dir)
-    except KeyboardInterrupt:
-        print(f"initmatters.deploy: interrupted; every process stopped (logs in {workdir / 'logs'})", file=sys.stderr)
-        return 130
+            outcome = deployment.run_app(overrides, output_dir)
+    except Interrupted as stop:
+        print(f"initmatters.deploy: stopped by {stop}; every process stopped (logs in {workdir / 'logs'})",
+              file=sys.stderr)
+        return stop.exit_code
     except (DeployError, subprocess.TimeoutExpired) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if temporary:  # private keys never outlive the deployment; the logs stay until a run succeeds
+            shutil.rmtree(workdir / CERTIFICATES_DIR, ignore_errors=True)
     if not outcome.ok:
         why = f"run {outcome.run_id} ended {outcome.status}" if outcome.run_id else outcome.status
         if outcome.details and outcome.details != "N/A":

@@ -7,6 +7,7 @@ variables are set here so that no user has to.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -20,8 +21,11 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1
 DEFAULT_FLWR_HOME = PROJECT_ROOT / ".flwr"
 
 # Offline, reproducible Flower runs: no `uv sync` per run, no telemetry, no update check.
@@ -139,6 +143,51 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
     reaper.join(timeout=1.0)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+    A launcher that is SIGKILLed can stop nothing itself; its SuperLink and `flwr run` then stop
+    themselves (and, through Flower's own parent monitors, what they started), so nothing listens
+    after its run. Where prctl is not available this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) turned into an exception, so every `with` unwinds."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+        return 128 + self.signum
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block SIGINT, SIGTERM and SIGHUP raise `Interrupted` (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def managed_process(command: Sequence[str], env: Mapping[str, str], log_path: Path | None = None,
                     cwd: Path | None = None) -> Iterator[subprocess.Popen]:
@@ -152,7 +201,7 @@ def managed_process(command: Sequence[str], env: Mapping[str, str], log_path: Pa
     try:
         process = subprocess.Popen(list(command), env=dict(env), stdout=log_handle,
                                    stderr=subprocess.STDOUT if log_handle else None,
-                                   start_new_session=True, cwd=cwd)
+                                   start_new_session=True, cwd=cwd, preexec_fn=_die_with_parent)
         try:
             yield process
         finally:

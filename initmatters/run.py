@@ -1,6 +1,7 @@
 """Edge: run one experiment through `flwr run` on a private local simulation SuperLink.
 
     python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--connection NAME]
+    initmatters-run [the same]
 
 Validates the settings first (a bad one fails in a second, before any start-up), sets the Flower
 environment, runs the app with one SuperNode per client, and exits 0 only if the run wrote its
@@ -10,20 +11,46 @@ summary.json (plain `flwr run --stream` exits 0 even when the run failed).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from initmatters.compose import load_settings
-from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run, simulation_superlink
-from initmatters_core.results import SUMMARY_FILE, default_output_dir
+from initmatters.compose import CONF_DIR, absolute_path_overrides, group_options, load_settings
+from initmatters.launch import (
+    DEFAULT_FLWR_HOME,
+    PROJECT_ROOT,
+    Interrupted,
+    flower_env,
+    flwr_run,
+    simulation_superlink,
+    stop_signals_raise,
+)
+from initmatters_core.results import RunFiles, default_output_dir, lock_holder, output_dir_problem
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
 
+GROUPS = ("data", "model", "init", "heterogeneity", "fl", "strategy", "experiment", "debug")
+MAIN_SETTINGS = ("seed", "fl.num_rounds", "fl.num_clients", "fl.local_steps", "fl.lr", "heterogeneity.h",
+                 "init.steps", "model.init_std", "data.dim")
+
+
+def settings_help() -> str:
+    """The epilog of --help: every config group with its options, and the main settings."""
+    lines = ["config groups (choose with <group>=<option>):"]
+    lines += [f"  {group:<14} {' | '.join(group_options(group))}" for group in GROUPS]
+    lines += ["", f"main settings (set with <key>=<value>; all of them: conf/ in {CONF_DIR}):",
+              "  " + " ".join(MAIN_SETTINGS), "",
+              "examples:", "  initmatters-run init=pretrained heterogeneity.h=1.0 fl.local_steps=50",
+              "  initmatters-run data=digits fl.num_rounds=2", "  initmatters-run --cfg job strategy=fedadam"]
+    return "\n".join(lines)
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m initmatters.run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m initmatters.run", description=__doc__.split("\n\n")[0],
+                                     epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. init=pretrained heterogeneity.h=1.0")
     parser.add_argument("--output-dir", type=Path, default=None, help="results folder (default: outputs/<date>/<time>)")
     parser.add_argument("--connection", default=None,
@@ -32,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="FLWR_HOME (default: .flwr/ in the checkout)")
     parser.add_argument("--client-gpus", type=float, default=0.0,
                         help="GPU share of each simulated client (e.g. 0.2 = five per GPU; default 0: none)")
+    parser.add_argument("--cfg", choices=["job"], default=None,
+                        help="print the resolved configuration and exit (nothing runs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     if not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
         parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
@@ -39,38 +69,76 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
-                            ) -> tuple[ExperimentSettings, str] | None:
-    """load_settings(overrides) (settings, resolved YAML); on a bad setting, print its one-line
+                            ) -> tuple[ExperimentSettings, str, list[str]] | None:
+    """(settings, resolved YAML, overrides with absolute paths); on a bad setting, print its one-line
     `error: ...` to stderr and return None (the command line then exits 2).
 
-    local_data: the clients run on this machine, so data they need and do not have (e.g. an image
-    dataset neither in data.data_dir nor downloadable) is reported the same way, before anything starts.
+    Path settings (init.path, data.data_dir) are made absolute against this working directory, so
+    the ServerApp (whose working directory is the SuperLink's) finds the same files.
+    local_data: the run happens on this machine, so what it needs beyond valid settings (an image
+    dataset, the training device, an init file) is checked the same way, before anything starts.
     """
     try:
-        settings, resolved_yaml = load_settings(overrides)
+        absolute = absolute_path_overrides(overrides, Path.cwd())
+        settings, resolved_yaml = load_settings(absolute)
         if local_data:
-            load_task(settings).check_local_data(settings)
-        return settings, resolved_yaml
+            load_task(settings).check_before_start(settings)
+        return settings, resolved_yaml, absolute
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
 
 
+def output_dir_error(output_dir: Path) -> str | None:
+    """The one-line problem with starting a run in `output_dir` (None if fine)."""
+    files = RunFiles(output_dir)
+    if files.finished():
+        return f"--output-dir={output_dir} already holds a finished run: choose another folder"
+    holder = lock_holder(files)
+    if holder is not None:
+        return f"--output-dir={output_dir} is in use by PID {holder} (another run writes there): choose another folder"
+    return output_dir_problem(output_dir)
+
+
+def resume_command(overrides: Sequence[str], output_dir: Path) -> str:
+    """The command that continues an interrupted run from its checkpoint."""
+    return shlex.join(["python", "-m", "initmatters.run", *overrides, "--output-dir", str(output_dir)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    loaded = load_settings_or_report(args.overrides, local_data=args.connection is None)
+    try:
+        with stop_signals_raise():
+            return _main(args)
+    except Interrupted as stop:
+        print(f"initmatters: stopped by {stop}; every process it started is stopped", file=sys.stderr)
+        return stop.exit_code
+    except Exception as error:  # a one-line error for the user; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {' '.join(str(error).split()) or type(error).__name__} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    loaded = load_settings_or_report(args.overrides, local_data=args.connection is None and args.cfg is None)
     if loaded is None:
         return 2
-    settings, _ = loaded
+    settings, resolved_yaml, overrides = loaded
+    if args.cfg == "job":
+        print(resolved_yaml, end="")
+        return 0
     output_dir = (args.output_dir or default_output_dir(PROJECT_ROOT)).resolve()
-    if (output_dir / SUMMARY_FILE).exists():
-        print(f"error: --output-dir={output_dir} already holds a finished run: choose another folder", file=sys.stderr)
+    problem = output_dir_error(output_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     print(f"initmatters: {settings.fl.num_clients} clients, {settings.fl.num_rounds} rounds, "
-          f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}; results -> {output_dir}",
-          flush=True)
+          f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}, "
+          f"strategy={settings.strategy.name}; results -> {output_dir}", flush=True)
     flwr_home = args.flwr_home.resolve()
-    run_config = {"overrides": " ".join(args.overrides), "output-dir": str(output_dir)}
+    run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
     if args.connection:
         superlink = nullcontext(flower_env(flwr_home))
         federation_config = None
@@ -78,10 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         superlink = simulation_superlink(flwr_home)
         federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
                              "client-resources-num-gpus": args.client_gpus}
-    with superlink as env:
-        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
-    if not (output_dir / SUMMARY_FILE).exists():
-        print(f"error: the run did not finish (no {SUMMARY_FILE} in {output_dir}); see the log above", file=sys.stderr)
+    try:
+        with superlink as env:
+            flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
+    except Interrupted as stop:
+        files = RunFiles(output_dir)
+        resume = (f"; resume it with: {resume_command(overrides, output_dir)}" if files.interrupted()
+                  else " before its first checkpoint")
+        print(f"initmatters: stopped by {stop}; every process it started is stopped{resume}", file=sys.stderr)
+        return stop.exit_code
+    if not RunFiles(output_dir).finished():
+        print(f"error: the run did not finish (no summary.json in {output_dir}); see the log above", file=sys.stderr)
         return 1
     print(f"initmatters: finished; results in {output_dir}", flush=True)
     return 0

@@ -42,6 +42,7 @@ MODEL_FINAL_FILE = "model_final.pt"
 PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"  # the PID of the process writing the run (removed when it ends)
 
 
 def default_output_dir(base: Path) -> Path:
@@ -88,6 +89,10 @@ class RunFiles:
         return self.root / CHECKPOINT_DIR
 
     @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / CHECKPOINT_DIR / CHECKPOINT_FILE
 
@@ -98,6 +103,71 @@ class RunFiles:
     def interrupted(self) -> bool:
         """A checkpoint and no summary.json: a run to resume."""
         return self.checkpoint.exists() and not self.finished()
+
+
+def output_dir_problem(path: Path) -> str | None:
+    """The one-line problem with writing a run into `path` (None if fine): a file, or not writable."""
+    if path.exists() and not path.is_dir():
+        return f"output-dir {path} is a file: give a folder"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"output-dir {path} cannot be written ({existing} is not a writable folder)"
+    return None
+
+
+class OutputDirBusy(RuntimeError):
+    """Another live process writes into the run's folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(files: RunFiles) -> int | None:
+    """The PID of the live process holding the folder's lock (None when free or its holder is dead)."""
+    try:
+        pid = int(files.lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid != os.getpid() and _pid_alive(pid) else None
+
+
+class RunLock:
+    """An exclusive lock on a run's folder while one process writes it; a stale lock of a dead process is taken over.
+
+    The lock file holds the writer's PID, created with O_EXCL so that two writers never both win.
+    """
+
+    def __init__(self, files: RunFiles) -> None:
+        self.files = files
+
+    def __enter__(self) -> RunLock:
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.files.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock_holder(self.files)
+                if holder is not None:
+                    raise OutputDirBusy(f"output-dir {self.files.root} is in use by PID {holder} "
+                                        f"(another run writes there): choose another folder") from None
+                self.files.lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return self
+        raise OutputDirBusy(f"output-dir {self.files.root}: could not take its lock {self.files.lock}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.files.lock.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:

@@ -263,7 +263,7 @@ SHARED_SECTIONS: dict[str, type] = {
 def section_from_mapping(name: str, section_cls: type, values: Any) -> Any:
     """Build section `name` of type `section_cls` from a mapping: unknown or missing keys are errors."""
     require(isinstance(values, Mapping), name, values, "a mapping of settings")
-    known = {f.name for f in fields(section_cls)}
+    known = [f.name for f in fields(section_cls)]
     for key in values:
         if key not in known:
             raise SettingError(f"{name}.{key} is not a known setting: allowed "

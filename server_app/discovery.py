@@ -9,22 +9,26 @@ from flwr.serverapp import Grid
 
 from initmatters.protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, PARTITION_KEY, error_reason
 
-QUERY_TIMEOUT_S = 120.0
-
 
 def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int, int]:
-    """Map partition-id -> node id by asking every connected SuperNode (one query message each)."""
+    """Map partition-id -> node id by asking every connected SuperNode (one query message each).
+
+    wait_s (fl.wait_for_nodes_s) bounds both waits: for the SuperNodes to connect, and for their
+    answers (on a loaded machine a simulated node's first answer can take a minute).
+    """
     deadline = time.monotonic() + wait_s
     while len(node_ids := list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
         time.sleep(0.2)
     if len(node_ids) != num_clients:
         raise RuntimeError(
             f"fl.num_clients={num_clients} but {len(node_ids)} SuperNodes are connected after {wait_s:g}s: "
-            f"run exactly {num_clients} (simulation: --federation-config 'num-supernodes={num_clients}')"
+            f"run exactly {num_clients} (simulation: --federation-config 'num-supernodes={num_clients}'), "
+            f"or wait longer with fl.wait_for_nodes_s"
         )
     queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
     node_of_partition: dict[int, int] = {}
-    for reply in grid.send_and_receive(queries, timeout=QUERY_TIMEOUT_S):
+    started = time.monotonic()
+    for reply in grid.send_and_receive(queries, timeout=wait_s):
         node = reply.metadata.src_node_id
         if reply.has_error():
             raise RuntimeError(f"SuperNode {node} rejected the run: {error_reason(reply)}")
@@ -39,5 +43,7 @@ def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int
         node_of_partition[partition_id] = node
     missing = sorted(set(range(num_clients)) - set(node_of_partition))
     if missing:
-        raise RuntimeError(f"no SuperNode answered for partition-id(s) {missing}")
+        waited = time.monotonic() - started
+        raise RuntimeError(f"no SuperNode answered for partition-id(s) {missing}: the query timed out after "
+                           f"{waited:.0f}s (fl.wait_for_nodes_s={wait_s:g} raises the limit)")
     return node_of_partition

@@ -7,13 +7,15 @@ measurements (test error and alignment, logged by evaluate_fn every round); the 
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -23,6 +25,8 @@ from initmatters_core.plots import plot_run
 from initmatters_core.results import (
     RoundLog,
     RunFiles,
+    RunLock,
+    output_dir_problem,
     save_state,
     save_tensor_atomic,
     write_json_atomic,
@@ -69,14 +73,37 @@ def run_federated(
 
     checkpoint: write <output_dir>/checkpoint/checkpoint.pt after every round.
     resume: continue from that checkpoint (same settings) instead of starting at round 0.
+    The folder is locked while the run writes it (a second run on it fails at once).
     """
-    started = time.monotonic()
     files = RunFiles(output_dir.resolve())
+    problem = output_dir_problem(files.root)
+    if problem:
+        raise RuntimeError(problem)
     if resume and files.finished():
         raise RuntimeError(f"cannot resume: {files.root} already holds a finished run")
+    with RunLock(files):
+        return _run_locked(grid, settings, resolved_config_yaml, files, report, resume=resume, checkpoint=checkpoint)
+
+
+def nonfinite_problem(state: Mapping[str, torch.Tensor], metrics: Mapping[str, float]) -> str | None:
+    """What is not finite in a global model or its measurements (None when all is finite)."""
+    bad_metrics = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad_metrics:
+        return ", ".join(f"{key}={metrics[key]}" for key in bad_metrics)
+    bad_tensors = [key for key, value in state.items()
+                   if value.is_floating_point() and not bool(value.isfinite().all())]
+    return f"non-finite values in {', '.join(bad_tensors)}" if bad_tensors else None
+
+
+def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: str, files: RunFiles,
+                report: Callable[[str], None], *, resume: bool, checkpoint: bool) -> dict[str, Any]:
+    started = time.monotonic()
     report(f"writing results to {files.root}")
 
     setup = load_task(settings).server_setup(settings)
+    bad_init = nonfinite_problem(setup.init_state, {})
+    if bad_init:
+        raise RuntimeError(f"the initial model w(0) has {bad_init} (init={settings.init.name}): nothing to train")
     saved = load_checkpoint(files, resolved_config_yaml, setup.init_state) if resume else None
     write_text_atomic(files.config, resolved_config_yaml)
     save_state(files.model_init, setup.init_state)
@@ -116,6 +143,12 @@ def run_federated(
         true_round = server_round + start_round
         global_state = arrays_to_state(arrays)
         metrics = setup.central_metrics(global_state)
+        problem = nonfinite_problem(global_state, metrics)
+        if problem:  # a diverged model is not a result: stop, keep the last good checkpoint
+            kept = (f"the checkpoint of round {true_round - 1} is the last good one" if true_round
+                    else "nothing was trained")
+            raise RuntimeError(f"round {true_round}: the global model diverged ({problem}); {kept} (lower fl.lr "
+                               f"or the strategy's server learning rate)")
         log_rounds.add_eval(true_round, metrics)
         if checkpoint:
             save_checkpoint(files, true_round, global_state, setup.init_state, log_rounds.rows,

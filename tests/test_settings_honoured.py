@@ -84,14 +84,14 @@ def test_fl_device_cuda_without_gpu_fails_before_start_up(task: str) -> None:
         pytest.skip("this machine has a GPU: fl.device=cuda is valid here")
     settings = settings_of(f"{TASKS[task]} fl.device=cuda")
     with pytest.raises(SettingError) as error:
-        load_task(settings).check_local_data(settings)  # what `python -m initmatters.run` calls before start-up
+        load_task(settings).check_before_start(settings)  # what `python -m initmatters.run` calls before start-up
     assert "\n" not in str(error.value) and "fl.device" in str(error.value)
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_fl_device_auto_trains_where_torch_says_and_returns_cpu_state(task: str) -> None:
     settings = settings_of(f"{TASKS[task]} fl.device=auto")
-    load_task(settings).check_local_data(settings)
+    load_task(settings).check_before_start(settings)
     state = client_round(f"{TASKS[task]} fl.device=auto")  # asserts a CPU state
     if not torch.cuda.is_available():
         assert same_state(state, client_round(TASKS[task]))

@@ -3,8 +3,9 @@
 A task is a package `initmatters_core.tasks.<name>` with two modules:
 - `settings` (torch-free, read when settings are validated): DATA_NAMES, MODEL_NAMES,
   data_section(name) / model_section(name) (the section dataclasses) and validate(settings);
-- `task` (imported only when the task runs): check_local_data(settings) (data the clients on
-  this machine need is there, else a one-line SettingError), server_setup(settings) -> TaskServer and
+- `task` (imported only when the task runs): check_before_start(settings) (what a run on this
+  machine needs is there: data, device, init file; else a one-line SettingError),
+  server_setup(settings) -> TaskServer and
   local_update(settings, partition_id, num_partitions, global_state, init_state, server_round,
   proximal_mu) -> StateUpdate.
 Models travel as state dicts, so FedAvg, checkpoints and model files are the same for every task.
@@ -72,7 +73,7 @@ class TaskSettingsModule(Protocol):
 class Task(Protocol):
     """`initmatters_core.tasks.<name>.task`."""
 
-    def check_local_data(self, settings: ExperimentSettings) -> None: ...
+    def check_before_start(self, settings: ExperimentSettings) -> None: ...
 
     def server_setup(self, settings: ExperimentSettings) -> TaskServer: ...
 

@@ -62,12 +62,15 @@ def cached_dataset(name: str, split: str, data_dir: str | None) -> ImageDataset:
     return load_image_dataset(name, split, data_dir or None)
 
 
-def check_local_data(settings: ExperimentSettings) -> None:
-    """Load both splits once and resolve fl.device, so missing data or an unusable device fails with
-    its one-line error before any start-up."""
+def check_before_start(settings: ExperimentSettings) -> None:
+    """Load both splits once, resolve fl.device and load init.path (init=checkpoint), so missing data,
+    an unusable device or init file fails with its one-line error before any start-up."""
     resolve_device(settings.fl.device)
     for split in ("train", "test"):
         cached_dataset(settings.data.name, split, settings.data.data_dir)
+    if settings.init.name == "checkpoint":
+        train = cached_dataset(settings.data.name, "train", settings.data.data_dir)
+        load_checkpoint_state(settings.init.path, build_model(settings, train.info, train.num_classes))
 
 
 @dataclass(frozen=True)
@@ -222,11 +225,15 @@ def initial_state(settings: ExperimentSettings, split: ImageSplit, device: torch
 
 
 def load_checkpoint_state(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A saved state dict checked against `model` (same names and shapes), one-line errors."""
+    """A saved state dict checked against `model` (same names, shapes, finite values), one-line errors."""
     file = Path(path)
     if not file.is_file():
         raise WeightsUnavailableError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
+        raise WeightsUnavailableError(f"init.path={str(path)!r} is not a torch state dict file "
+                                      f"({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
     own = model.state_dict()
     if not isinstance(state, Mapping) or set(state) != set(own):
         raise WeightsUnavailableError(f"init.path={str(path)!r} is not a state dict of this model "
@@ -234,6 +241,9 @@ def load_checkpoint_state(path: str | Path, model: nn.Module) -> dict[str, torch
     wrong = [key for key in own if tuple(state[key].shape) != tuple(own[key].shape)]
     if wrong:
         raise WeightsUnavailableError(f"init.path={str(path)!r} has other shapes than this model for {wrong[:3]}")
+    nonfinite = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if nonfinite:
+        raise WeightsUnavailableError(f"init.path={str(path)!r} holds non-finite values in {nonfinite[:3]}")
     return dict(state)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from initmatters_core.seeding import Stream, torch_generator
-from initmatters_core.settings import InitSettings
+from initmatters_core.settings import InitSettings, SettingError
 from initmatters_core.tasks.synthetic.alignment import aligned_mask
 from initmatters_core.tasks.synthetic.data import source_set
 from initmatters_core.tasks.synthetic.model import WEIGHT_KEY, logistic_loss, model_from_weight
@@ -64,20 +64,31 @@ def pretrain(
 
 
 def load_weight(path: str | Path, dim: int, filters_per_class: int) -> torch.Tensor:
-    """The [2, m, d] weight of a saved state dict, checked against the configured shape."""
+    """The [2, m, d] weight of a saved state dict, checked against the configured shape.
+
+    Every way the file can be unusable (missing, not a torch file, no "weight", wrong shape,
+    non-finite values) is a one-line SettingError naming init.path.
+    """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or WEIGHT_KEY not in state:
-        raise ValueError(f"init.path={str(path)!r} holds no {WEIGHT_KEY!r} tensor")
+        raise SettingError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
+        raise SettingError(f"init.path={str(path)!r} is not a torch state dict file "
+                           f"({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get(WEIGHT_KEY), torch.Tensor):
+        raise SettingError(f"init.path={str(path)!r} holds no {WEIGHT_KEY!r} tensor: give a state dict of the "
+                           "two-layer CNN (e.g. a run's model_final.pt)")
     weight = state[WEIGHT_KEY].to(torch.float32)
     expected = [2, filters_per_class, dim]
     if list(weight.shape) != expected:
-        raise ValueError(
+        raise SettingError(
             f"init.path={str(path)!r} has weight shape {list(weight.shape)}, expected {expected} "
             "(model.filters_per_class, data.dim)"
         )
+    if not bool(weight.isfinite().all()):
+        raise SettingError(f"init.path={str(path)!r} holds non-finite values (NaN or inf): nothing to train")
     return weight
 
 

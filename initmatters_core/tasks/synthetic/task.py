@@ -24,7 +24,7 @@ from initmatters_core.settings import ClientSettings, ExperimentSettings, Hetero
 from initmatters_core.tasks.base import State, StateUpdate, TaskServer
 from initmatters_core.tasks.synthetic.alignment import alignment_report, noise_memorization_summary
 from initmatters_core.tasks.synthetic.data import SignalNoiseData, fresh_test_set, signal_vector
-from initmatters_core.tasks.synthetic.initialization import initial_weight
+from initmatters_core.tasks.synthetic.initialization import initial_weight, load_weight
 from initmatters_core.tasks.synthetic.model import WEIGHT_KEY, classification_error, logistic_loss, model_from_weight
 from initmatters_core.tasks.synthetic.partition import (
     CLASSES,
@@ -108,10 +108,13 @@ def clear_client_data_cache() -> None:
     _partition_labels.cache_clear()
 
 
-def check_local_data(settings: ExperimentSettings) -> None:
-    """Every client draws its data from the seed; only fl.device is checked (one-line SettingError
-    for fl.device=cuda without a GPU), before any start-up."""
+def check_before_start(settings: ExperimentSettings) -> None:
+    """What a local run needs beyond valid settings, checked before any start-up (one-line
+    SettingError): the training device (fl.device=cuda without a GPU) and, with init=checkpoint,
+    a usable init.path. Every client draws its data from the seed, so there is no data to check."""
     resolve_device(settings.fl.device)
+    if settings.init.name == "checkpoint":
+        load_weight(settings.init.path, settings.data.dim, settings.model.filters_per_class)
 
 
 def local_update(
