@@ -57,13 +57,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a SuperLink connection of $FLWR_HOME/config.toml (default: a private local simulation)")
     parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME,
                         help="FLWR_HOME (default: .flwr/ in the checkout)")
-    parser.add_argument("--client-gpus", type=float, default=0.0,
-                        help="GPU share of each simulated client (e.g. 0.2 = five per GPU; default 0: none)")
+    parser.add_argument("--client-gpus", type=float, default=None,
+                        help="GPU share of each simulated client (e.g. 0.2 = five per GPU); default: 1/K of "
+                             "the GPU when fl.device is cuda or auto and a GPU is visible, else 0")
     parser.add_argument("--cfg", choices=["job"], default=None,
                         help="print the resolved configuration and exit (nothing runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    if not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
+    if args.client_gpus is not None and not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
         parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
     return args
 
@@ -87,6 +88,27 @@ def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
+
+
+def client_gpu_share(settings: ExperimentSettings, requested: float | None) -> tuple[float, str | None]:
+    """(GPU share per simulated client, a line to tell the user or None).
+
+    Ray hides GPUs from clients that ask for none, so fl.device=cuda|auto alone would train on the
+    CPU in simulation: when a GPU is visible and no share was given, each client gets 1/K of it.
+    """
+    wants_gpu = settings.fl.device in ("cuda", "auto")
+    if requested is not None:
+        if wants_gpu and requested == 0:
+            return 0.0, f"fl.device={settings.fl.device} but --client-gpus=0: the clients train on the CPU"
+        return requested, None
+    if not wants_gpu:
+        return 0.0, None
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0, f"fl.device={settings.fl.device}: no GPU is visible here, the clients train on the CPU"
+    share = 1.0 / settings.fl.num_clients
+    return share, f"fl.device={settings.fl.device}: each simulated client gets {share:g} of the GPU (--client-gpus)"
 
 
 def output_dir_error(output_dir: Path) -> str | None:
@@ -144,8 +166,11 @@ def _main(args: argparse.Namespace) -> int:
         federation_config = None
     else:
         superlink = simulation_superlink(flwr_home)
+        share, note = client_gpu_share(settings, args.client_gpus)
+        if note:
+            print(f"initmatters: {note}", flush=True)
         federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
-                             "client-resources-num-gpus": args.client_gpus}
+                             "client-resources-num-gpus": share}
     try:
         with superlink as env:
             flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)

@@ -247,3 +247,20 @@ def test_a_diverging_model_fails_its_round_with_one_line_and_keeps_the_last_chec
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     files = RunFiles(out)
     assert not files.finished() and not files.checkpoint.exists() and not files.lock.exists()
+
+
+# --- GPUs used when asked -------------------------------------------------------------------------
+
+
+def test_a_gpu_request_gets_a_share_or_says_it_trains_on_the_cpu() -> None:
+    settings, _ = load_settings("fl.device=auto")
+    share, note = run.client_gpu_share(settings, None)
+    if torch.cuda.is_available():
+        assert share == 1.0 / settings.fl.num_clients and "of the GPU" in note
+    else:
+        assert share == 0.0 and note == "fl.device=auto: no GPU is visible here, the clients train on the CPU"
+    assert run.client_gpu_share(settings, 0.0) == (0.0, "fl.device=auto but --client-gpus=0: the clients train "
+                                                        "on the CPU")
+    assert run.client_gpu_share(settings, 0.25) == (0.25, None)
+    cpu, _ = load_settings("")
+    assert run.client_gpu_share(cpu, None) == (0.0, None)
