@@ -85,9 +85,14 @@ def run_federated(
         return _run_locked(grid, settings, resolved_config_yaml, files, report, resume=resume, checkpoint=checkpoint)
 
 
+# The measurements of a global model that are finite for every model that is still a model; other
+# columns may be NaN by definition (e.g. the mean gamma of the filters misaligned at init when none is).
+MUST_BE_FINITE = ("test_loss", "test_error")
+
+
 def nonfinite_problem(state: Mapping[str, torch.Tensor], metrics: Mapping[str, float]) -> str | None:
-    """What is not finite in a global model or its measurements (None when all is finite)."""
-    bad_metrics = [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    """What is not finite in a global model or its test loss and error (None when all is finite)."""
+    bad_metrics = [key for key in MUST_BE_FINITE if key in metrics and not math.isfinite(metrics[key])]
     if bad_metrics:
         return ", ".join(f"{key}={metrics[key]}" for key in bad_metrics)
     bad_tensors = [key for key, value in state.items()

@@ -94,6 +94,9 @@ def test_run_rejects_a_nan_init_with_exit_2_and_one_line(tmp_path: Path, capsys)
 
 def test_nonfinite_problem_names_the_metric_or_tensor() -> None:
     assert nonfinite_problem({"weight": torch.ones(2)}, {"test_loss": 0.5, "misaligned": 3}) is None
+    # a mean over no filter is NaN by definition (nothing misaligned at init), not a diverged model
+    no_misaligned = {"test_loss": 0.5, "gamma_misaligned_init_mean": math.nan}
+    assert nonfinite_problem({"weight": torch.ones(2)}, no_misaligned) is None
     assert nonfinite_problem({"weight": torch.ones(2)}, {"test_loss": math.nan}) == "test_loss=nan"
     assert nonfinite_problem({"weight": torch.tensor([1.0, math.inf])}, {}) == "non-finite values in weight"
 
