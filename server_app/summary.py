@@ -35,8 +35,8 @@ def run_summary(settings: ExperimentSettings, setup: TaskServer, rows: Sequence[
         "task": task_name(settings),
         "final": {key: finite_or_none(float(value)) for key, value in final_row.items()},
         "initial_misaligned": rows[0].get("misaligned"),
-        "realised_h": setup.realised_h,
-        "facts": setup.facts,  # what the task derived from the settings (e.g. the effective source seed)  # H of partition.json: the paper's h on the binary task
+        "realised_h": setup.realised_h,  # H of partition.json: the paper's h on the binary task
+        "facts": setup.facts,  # what the task derived from the settings (e.g. the effective source seed)
         "client_sizes": setup.client_sizes,
         "rounds_completed": int(final_row["round"]),
         "resumed_from_round": start_round,
