@@ -10,7 +10,9 @@ simulation and on a device.
 - `make_partitioner` / `partition_rows`: the one partitioner factory of the project, over any
   label array: `label_skew` (this project's `LabelSkewPartitioner`, binary labels +1/-1, realises
   h exactly), and flwr-datasets' `IidPartitioner`, `DirichletPartitioner` and
-  `PathologicalPartitioner`, seeded from the experiment seed's PARTITIONER stream.
+  `PathologicalPartitioner`, seeded from the experiment seed's PARTITIONER stream (a Dirichlet
+  partition below min_partition_size is redrawn by partitioners of new seeds, a bounded number of times).
+- `weighted_average`: FedAvg's example-weighted average (server-side federated pre-training).
 - `resolve_device`: fl.device as a torch.device.
 - `label_histograms`, `heterogeneity_measure` (H), `mean_total_variation`, `partition_summary`
   (partition.json), `stratified_split`.
@@ -279,8 +281,8 @@ def partition_rows(
                     np.asarray(partitioner.load_partition(k).with_format("numpy")[:][ROW_COLUMN], dtype=np.int64)
                     for k in range(num_partitions)
                 ], attempt + 1
-        except ValueError:
-            if heterogeneity.name != "dirichlet":
+        except ValueError as error:
+            if heterogeneity.name != "dirichlet" or "max number of attempts" not in str(error):
                 raise
     raise SettingError(
         f"heterogeneity.alpha={heterogeneity.alpha!r} is invalid with fl.num_clients={num_partitions} and "

@@ -92,15 +92,17 @@ def source_federation(source: SignalNoiseData, init: InitSettings) -> list[np.nd
     if init.source_clients == 1:
         return [np.arange(len(source), dtype=np.int64)]
     skew = HeterogeneitySettings(name="label_skew", h=init.source_h)
-    rows, _ = partition_rows(source.true_labels.numpy().astype(np.int64), skew, init.source_clients, 0)
+    rows, _ = partition_rows(source.true_labels.numpy().astype(np.int64), skew, init.source_clients,
+                             seed=0)  # label skew draws nothing
     return rows
 
 
-def federated_pretrain(weight: torch.Tensor, source: SignalNoiseData, init: InitSettings) -> torch.Tensor:
-    """FedAvg from `weight` on the source federation: init.source_rounds rounds in which every
-    source client runs init.steps full-batch GD steps of init.lr from the global model, then the
-    example-weighted average (the run's own FedAvg arithmetic)."""
-    rows = source_federation(source, init)
+def federated_pretrain(
+    weight: torch.Tensor, source: SignalNoiseData, rows: list[np.ndarray], init: InitSettings
+) -> torch.Tensor:
+    """FedAvg from `weight` on the source federation (client k holds source rows rows[k]):
+    init.source_rounds rounds in which every source client runs init.steps full-batch GD steps of
+    init.lr from the global model, then the example-weighted average (FedAvg's arithmetic)."""
     sizes = [int(part.shape[0]) for part in rows]
     for _ in range(init.source_rounds):
         local = []
@@ -150,10 +152,10 @@ def initial_weight(
         return pretrain(weight, source_data(init, signal, seed), init), {"source_seed": source_seed(init, seed)}
     if init.name == "federated_pretrained":
         source = source_data(init, signal, seed)
+        rows = source_federation(source, init)
         facts = {"source_seed": source_seed(init, seed),
-                 "source_realised_h": realised_heterogeneity([source.true_labels[part].numpy()
-                                                              for part in source_federation(source, init)])}
-        return federated_pretrain(weight, source, init), facts
+                 "source_realised_h": realised_heterogeneity([source.true_labels[part].numpy() for part in rows])}
+        return federated_pretrain(weight, source, rows, init), facts
     if init.name == "align_flip":
         return align_flip(weight, signal), {}
     if init.name == "misaligned_fraction":
