@@ -93,7 +93,7 @@ def test_with_misaligned_fraction_choice_depends_on_generator() -> None:
 
 def _initial(settings) -> torch.Tensor:
     mu = signal_vector(settings.data.dim, settings.data.signal_norm)
-    return initial_weight(settings.init, settings.model, mu, settings.seed)
+    return initial_weight(settings.init, settings.model, mu, settings.seed)[0]
 
 
 def test_random_initial_weight_is_seeded(compose_settings) -> None:
