@@ -18,6 +18,8 @@ of the mean of the per-draw values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn import functional
@@ -25,8 +27,8 @@ from torch.nn import functional
 from initmatters_core.seeding import Stream, numpy_rng
 from initmatters_core.tasks.synthetic.model import CLASS_SIGNS
 
-# Rows of draws per matrix product: [CHUNK_ROWS, 2m] float32 stays a few MB (cache-friendly).
-CHUNK_ROWS = 2**13
+# Rows of draws per step: the [CHUNK_ROWS, 2m] product and the per-draw values stay a few MB.
+CHUNK_ROWS = 2**15
 
 # The metrics population_metrics returns, each also as <name>_se (its Monte-Carlo s.e.).
 POPULATION_METRICS = ("pop_test_error", "pop_test_loss", "pop_test_error_observed", "pop_test_loss_observed")
@@ -58,28 +60,47 @@ def filter_signs(filters_per_class: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(CLASS_SIGNS, dtype=dtype).repeat_interleave(filters_per_class) / filters_per_class
 
 
-def population_margins(
-    weight: torch.Tensor, signal: torch.Tensor, noise_std: float, draws: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f(+1, z), f(-1, z)) for each draw z, two tensors [N] in the draws' dtype: the model's
-    margin on a test example of clean label +1 and -1 whose noise projections are L z."""
+@dataclass(frozen=True)
+class MarginLaw:
+    """The margin's law for one weight: f(y_hat, z) = shift(y_hat) + h(z), h(z) = signs . ReLU(L z)."""
+
+    factor_t: torch.Tensor  # L^T, [2m, 2m] in the draws' dtype
+    signs: torch.Tensor  # s_r / m, [2m] in the draws' dtype
+    shift_pos: float  # c(+1)
+    shift_neg: float  # c(-1)
+
+    def margins(self, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(+1, z), f(-1, z)) for each draw z (rows of `draws`), [N] each in the draws' dtype."""
+        noise_part = (draws @ self.factor_t).relu_() @ self.signs
+        return noise_part + self.shift_pos, noise_part + self.shift_neg
+
+
+def margin_law(weight: torch.Tensor, signal: torch.Tensor, noise_std: float, dtype: torch.dtype) -> MarginLaw:
+    """The law of the model's margin on a fresh test example, for draws of `dtype`."""
     weight = weight.detach().cpu()
     filters_per_class = int(weight.shape[1])
-    factor = noise_factor(weight, signal, noise_std).to(draws.dtype).T
-    signs = filter_signs(filters_per_class, draws.dtype)
-    noise_part = torch.cat([(chunk @ factor).relu_() @ signs for chunk in draws.split(CHUNK_ROWS)])
     signal_projection = weight.reshape(-1, weight.shape[-1]).double() @ signal.double()
     signs64 = filter_signs(filters_per_class, torch.float64)
-    shifts = [float(functional.relu(y_hat * signal_projection) @ signs64) for y_hat in (1.0, -1.0)]
-    return noise_part + shifts[0], noise_part + shifts[1]
+    shift_pos, shift_neg = (float(functional.relu(y_hat * signal_projection) @ signs64) for y_hat in (1.0, -1.0))
+    return MarginLaw(
+        factor_t=noise_factor(weight, signal, noise_std).to(dtype).T.contiguous(),
+        signs=filter_signs(filters_per_class, dtype),
+        shift_pos=shift_pos,
+        shift_neg=shift_neg,
+    )
 
 
-def _mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    """Mean of the per-draw values and its standard error (sample s.d. / sqrt(N); 0 for N = 1),
-    accumulated in float64."""
-    values, n = values.double(), values.numel()
-    se = float(values.std()) / n**0.5 if n > 1 else 0.0
-    return float(values.mean()), se
+def _per_draw_values(positive: torch.Tensor, negative: torch.Tensor, label_noise: float) -> torch.Tensor:
+    """[4, n]: each metric of POPULATION_METRICS per draw, summed over y_hat = +1 (y f = positive)
+    and y_hat = -1 (y f = -negative); halved by the caller, as each label has half the mass."""
+    dtype = positive.dtype
+    errors = (positive <= 0).to(dtype) + (negative >= 0).to(dtype)
+    flipped_errors = (positive >= 0).to(dtype) + (negative <= 0).to(dtype)
+    losses = functional.softplus(-positive) + functional.softplus(negative)
+    # softplus(z) = softplus(-z) + z: the flipped labels' losses are losses + positive - negative.
+    observed_losses = losses + label_noise * (positive - negative)
+    observed_errors = (1.0 - label_noise) * errors + label_noise * flipped_errors
+    return torch.stack([errors, losses, observed_errors, observed_losses])
 
 
 def population_metrics(
@@ -87,22 +108,20 @@ def population_metrics(
 ) -> dict[str, float]:
     """Population test error and logistic loss on clean labels y_hat and on observed labels
     (flipped with probability p: error_obs = (1-p) P(y_hat f <= 0) + p P(-y_hat f <= 0), the loss
-    likewise), each with its Monte-Carlo s.e. A zero margin counts as an error."""
-    positive, negative = population_margins(weight, signal, noise_std, draws)
-    # Per draw, half the mass on y_hat = +1 (margin y f = positive) and half on -1 (y f = -negative).
-    dtype = positive.dtype
-    error = 0.5 * ((positive <= 0).to(dtype) + (negative >= 0).to(dtype))
-    error_flipped = 0.5 * ((positive >= 0).to(dtype) + (negative <= 0).to(dtype))
-    loss = 0.5 * (functional.softplus(-positive) + functional.softplus(negative))
-    # softplus(x) = softplus(-x) + x: the flipped-label loss without two more softplus passes.
-    loss_flipped = loss + 0.5 * (positive - negative)
-    per_draw = {
-        "pop_test_error": error,
-        "pop_test_loss": loss,
-        "pop_test_error_observed": (1.0 - label_noise) * error + label_noise * error_flipped,
-        "pop_test_loss_observed": (1.0 - label_noise) * loss + label_noise * loss_flipped,
-    }
+    likewise), each with its Monte-Carlo s.e. (sample s.d. of the per-draw values / sqrt(N)).
+    A zero margin counts as an error. The draws are processed in chunks of CHUNK_ROWS, with float64
+    sums of the values and their squares: no [N]-sized intermediate, so the per-round cost stays
+    small."""
+    law = margin_law(weight, signal, noise_std, draws.dtype)
+    sums = torch.zeros(2, len(POPULATION_METRICS), dtype=torch.float64)
+    for chunk in draws.split(CHUNK_ROWS):
+        values = _per_draw_values(*law.margins(chunk), label_noise).double()
+        sums[0] += values.sum(dim=1)
+        sums[1] += values.square().sum(dim=1)
+    n = draws.shape[0]
+    means = sums[0] / n
+    variances = ((sums[1] - n * means**2) / max(n - 1, 1)).clamp(min=0.0)
     metrics: dict[str, float] = {}
-    for name in POPULATION_METRICS:
-        metrics[name], metrics[f"{name}_se"] = _mean_and_se(per_draw[name])
+    for name, mean, variance in zip(POPULATION_METRICS, means.tolist(), variances.tolist(), strict=True):
+        metrics[name], metrics[f"{name}_se"] = 0.5 * mean, 0.5 * (variance / n) ** 0.5
     return metrics
