@@ -147,7 +147,7 @@ def test_iid_is_nearly_balanced() -> None:
 
 def _data_settings(**changes) -> DataSettings:
     values = dict(dim=15, signal_norm=1.5, noise_std=1.0, label_noise=0.0, samples_per_client=N,
-                  test_samples=100)
+                  test_samples=100, population_samples=0)
     values.update(changes)
     return DataSettings(**values)
 

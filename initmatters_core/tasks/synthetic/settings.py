@@ -36,6 +36,7 @@ class DataSettings:
     label_noise: float  # p, probability that the observed label is flipped
     samples_per_client: int  # n (the mean size for dirichlet/pathological)
     test_samples: int  # balanced fresh test set held by the server
+    population_samples: int  # Gaussian draws of the population test error/loss; 0 = not measured
     name: str = "synthetic"
 
     def validate(self) -> None:
@@ -48,6 +49,7 @@ class DataSettings:
         positive_int("data.samples_per_client", self.samples_per_client)
         require(isinstance(self.test_samples, int) and self.test_samples >= 2 and self.test_samples % 2 == 0,
                 "data.test_samples", self.test_samples, "an even integer >= 2")
+        non_negative_int("data.population_samples", self.population_samples)
 
 
 @dataclass(frozen=True)

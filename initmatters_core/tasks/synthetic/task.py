@@ -33,17 +33,20 @@ from initmatters_core.tasks.synthetic.partition import (
     partition_true_labels,
     realised_heterogeneity,
 )
+from initmatters_core.tasks.synthetic.population import POPULATION_COLUMNS, population_draws, population_metrics
 from initmatters_core.tasks.synthetic.regime import regime_facts, regime_line, regime_warnings
 from initmatters_core.tasks.synthetic.settings import DataSettings
 from initmatters_core.training import local_step_count, train_steps
 
 # Column order of rounds.csv; blank cells mean "not measured this round" (e.g. train metrics at
-# round 0, where no client has trained yet).
+# round 0, where no client has trained yet). The pop_* columns exist only with
+# data.population_samples > 0 (round_columns).
 ROUND_COLUMNS = (
     "round",
     "train_loss",
     "test_loss",
     "test_error",
+    *POPULATION_COLUMNS,
     "aligned",
     "misaligned",
     "aligned_pos",
@@ -62,6 +65,15 @@ ROUND_COLUMNS = (
     "clients",
     "elapsed_s",
 )
+
+
+def round_columns(data: DataSettings) -> tuple[str, ...]:
+    """This run's rounds.csv columns: ROUND_COLUMNS, less the pop_* ones when
+    data.population_samples = 0."""
+    if data.population_samples > 0:
+        return ROUND_COLUMNS
+    return tuple(column for column in ROUND_COLUMNS if column not in POPULATION_COLUMNS)
+
 
 # Per-process cache of client data: all 1000 clients of d = 1000, n = 20 (160 KB each) fit.
 DATA_CACHE_BYTES = 256 * 2**20
@@ -191,18 +203,24 @@ def server_setup(settings: ExperimentSettings) -> TaskServer:
     test = fresh_test_set(
         settings.seed, signal, settings.data.noise_std, settings.data.label_noise, settings.data.test_samples
     )
+    data = settings.data
+    draws = (population_draws(settings.seed, data.population_samples, 2 * settings.model.filters_per_class)
+             if data.population_samples > 0 else None)
     realised_h = realised_heterogeneity(labels)
     histograms = np.array([[int((part == c).sum()) for c in CLASSES] for part in labels], dtype=np.int64)
     regime = regime_facts(settings)
 
     def central_metrics(state: State) -> dict[str, float]:
         weight = state[WEIGHT_KEY]
-        return {**test_metrics(weight, test), **alignment_report(init_weight, weight, signal)}
+        metrics = {**test_metrics(weight, test), **alignment_report(init_weight, weight, signal)}
+        if draws is not None:
+            metrics.update(population_metrics(weight, signal, data.noise_std, data.label_noise, draws))
+        return metrics
 
     return TaskServer(
         init_state={WEIGHT_KEY: init_weight},
         central_metrics=central_metrics,
-        round_columns=ROUND_COLUMNS,
+        round_columns=round_columns(settings.data),
         partition=partition_summary(histograms, realised_h, ["+1", "-1"], attempts),
         realised_h=realised_h,
         schedule=client_schedule(
