@@ -14,7 +14,10 @@ and loss, the misaligned filters at round 0 and at the end, the realised h, and 
 heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with the same other
 settings and the same seed; for dirichlet and pathological runs, test_error minus that of the iid
 run with the same other settings and seed (the IID vs non-IID gap of the paper's practical
-experiments); blank where no such partner exists.
+experiments); blank where no such partner exists. Where the final row has pop_test_error (the
+synthetic task's population test error, data.population_samples > 0), the same statistics and the
+penalty are also given for it (pop_test_error, pop_heterogeneity_penalty), next to the
+finite-test-set ones.
 
 Everything is written atomically (temporary file + rename) into --out (default: the sweep
 folder): summary.csv, summary.md and figures/*.png.
@@ -83,8 +86,14 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("misaligned_final", "misaligned at end", 1),
     ("realised_h", "realised h", 4),
     ("heterogeneity_penalty", "heterogeneity penalty", 4),
+    ("pop_test_error", "final population test error", 4),
+    ("pop_heterogeneity_penalty", "population heterogeneity penalty", 4),
 )
-PER_RUN_METRICS = tuple(stem for stem, _, _ in METRICS if stem != "heterogeneity_penalty")
+# Penalty column stem -> the per-run error it is the paired difference of.
+PENALTIES = {"heterogeneity_penalty": "test_error", "pop_heterogeneity_penalty": "pop_test_error"}
+PER_RUN_METRICS = tuple(stem for stem, _, _ in METRICS if stem not in PENALTIES)
+# Shown in summary.md only where some configuration has a value (the synthetic task's population error).
+OPTIONAL_METRICS = ("pop_test_error", "pop_heterogeneity_penalty")
 
 FIGURE_FILES = {
     "test_error_vs_h": "test_error_vs_h.png",
@@ -107,6 +116,7 @@ class Run:
     rounds: list[dict[str, float]]
     test_error: float
     test_loss: float
+    pop_test_error: float  # NaN where the run did not measure it
     misaligned_init: float
     misaligned_final: float
     realised_h: float
@@ -201,6 +211,7 @@ def _load_run(directory: Path) -> Run:
         rounds=rounds,
         test_error=_number(final.get("test_error")),
         test_loss=_number(final.get("test_loss")),
+        pop_test_error=_number(final.get("pop_test_error")),
         misaligned_init=_number(misaligned_init),
         misaligned_final=_number(final.get("misaligned")),
         realised_h=_number(summary.get("realised_h")),
@@ -268,8 +279,8 @@ def summarize(groups: Sequence[Group], keys: Sequence[str] | None = None) -> lis
     """One row per configuration, sorted by `keys` (default: varying_keys(groups)).
 
     Row keys: each of `keys` (the setting's value), n_seeds, seeds ("0 1 2"), for each metric
-    stem in METRICS `<stem>_mean` and `<stem>_std` (NaN when undefined), and
-    heterogeneity_penalty_n (how many seeds had an h=0 partner)."""
+    stem in METRICS `<stem>_mean` and `<stem>_std` (NaN when undefined), and for each penalty
+    `<stem>_n` (how many seeds had an h=0 partner)."""
     keys = list(varying_keys(groups) if keys is None else keys)
     index = {group.key: group for group in groups}
     rows = []
@@ -279,16 +290,18 @@ def summarize(groups: Sequence[Group], keys: Sequence[str] | None = None) -> lis
         row["seeds"] = " ".join(str(run.seed) for run in group.runs)
         for stem in PER_RUN_METRICS:
             row[f"{stem}_mean"], row[f"{stem}_std"] = mean_std([run.metric(stem) for run in group.runs])
-        penalties = heterogeneity_penalties(group, index)
-        row["heterogeneity_penalty_mean"], row["heterogeneity_penalty_std"] = mean_std(penalties)
-        row["heterogeneity_penalty_n"] = len(penalties)
+        for stem, metric in PENALTIES.items():
+            penalties = heterogeneity_penalties(group, index, metric)
+            row[f"{stem}_mean"], row[f"{stem}_std"] = mean_std(penalties)
+            row[f"{stem}_n"] = len(penalties)
         rows.append(row)
     return rows
 
 
-def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group]) -> list[float]:
-    """test_error minus the partner's per seed: the label_skew h=0 configuration with the same
-    other settings (label_skew), or the iid one (dirichlet, pathological); empty without one."""
+def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group], metric: str = "test_error") -> list[float]:
+    """`metric` (a per-run error) minus the partner's per seed: the label_skew h=0 configuration
+    with the same other settings (label_skew), or the iid one (dirichlet, pathological); empty
+    without one or where either value is missing."""
     scheme = group.settings.get(SCHEME_KEY)
     if scheme == "label_skew" and group.settings.get(H_KEY) is not None:
         partner = index.get(_freeze({**group.settings, H_KEY: 0.0}))
@@ -300,8 +313,8 @@ def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group]) -> list[
     if partner is None:
         return []
     baseline = partner.by_seed()
-    return [run.test_error - baseline[run.seed].test_error for run in group.runs
-            if run.seed in baseline and not math.isnan(run.test_error - baseline[run.seed].test_error)]
+    gaps = [run.metric(metric) - baseline[run.seed].metric(metric) for run in group.runs if run.seed in baseline]
+    return [gap for gap in gaps if not math.isnan(gap)]
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -323,7 +336,7 @@ def summary_columns(keys: Sequence[str]) -> list[str]:
     columns = [*keys, "n_seeds", "seeds"]
     for stem, _, _ in METRICS:
         columns += [f"{stem}_mean", f"{stem}_std"]
-    return [*columns, "heterogeneity_penalty_n"]
+    return [*columns, *(f"{stem}_n" for stem in PENALTIES)]
 
 
 def render_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
@@ -358,18 +371,25 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
     where = f" in `{source}`" if source else ""
     lines += [f"{n_runs} finished runs{where}, {len(rows)} configurations; "
               "cells are mean ± std over seeds (sample std, n - 1; the mean alone for one seed).", ""]
-    headers = [*keys, "n_seeds", *(header for _, header, _ in METRICS)]
+    metrics = [metric for metric in METRICS if metric[0] not in OPTIONAL_METRICS
+               or any(not math.isnan(row.get(f"{metric[0]}_mean", math.nan)) for row in rows)]
+    headers = [*keys, "n_seeds", *(header for _, header, _ in metrics)]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("| " + " | ".join("---" for _ in headers) + " |")
     for row in rows:
         cells = [format_setting(row.get(k)) for k in keys] + [str(row["n_seeds"])]
-        for stem, _, decimals in METRICS:
+        for stem, _, decimals in metrics:
             cells.append(format_mean_std(row.get(f"{stem}_mean", math.nan), row.get(f"{stem}_std", math.nan),
-                                         decimals, signed=stem == "heterogeneity_penalty"))
+                                         decimals, signed=stem in PENALTIES))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with "
               "the same other settings and seed (dirichlet/pathological: minus the iid run's), over the "
-              "seeds that have such a partner; blank without a partner.", ""]
+              "seeds that have such a partner; blank without a partner."]
+    if len(metrics) > len(METRICS) - len(OPTIONAL_METRICS):
+        lines.append("Population test error: the synthetic task's pop_test_error (clean labels, Monte-Carlo "
+                     "estimate of the population value, data.population_samples); its penalty is paired "
+                     "the same way.")
+    lines.append("")
     lines += [*notes, ""] if notes else []
     lines.append(unfinished_line(unfinished, keys))
     if figures:

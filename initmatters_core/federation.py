@@ -10,7 +10,9 @@ simulation and on a device.
 - `make_partitioner` / `partition_rows`: the one partitioner factory of the project, over any
   label array: `label_skew` (this project's `LabelSkewPartitioner`, binary labels +1/-1, realises
   h exactly), and flwr-datasets' `IidPartitioner`, `DirichletPartitioner` and
-  `PathologicalPartitioner`, seeded from the experiment seed's PARTITIONER stream.
+  `PathologicalPartitioner`, seeded from the experiment seed's PARTITIONER stream (a Dirichlet
+  partition below min_partition_size is redrawn by partitioners of new seeds, a bounded number of times).
+- `weighted_average`: FedAvg's example-weighted average (server-side federated pre-training).
 - `resolve_device`: fl.device as a torch.device.
 - `label_histograms`, `heterogeneity_measure` (H), `mean_total_variation`, `partition_summary`
   (partition.json), `stratified_split`.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -64,6 +67,12 @@ def client_schedule(num_clients: int, fraction: float, num_rounds: int, seed: in
     rng = numpy_rng(seed, Stream.CLIENT_SAMPLING)
     size = max(1, int(round(fraction * num_clients)))
     return [sorted(int(k) for k in rng.choice(num_clients, size=size, replace=False)) for _ in range(num_rounds)]
+
+
+def weighted_average(tensors: Sequence[torch.Tensor], num_examples: Sequence[int]) -> torch.Tensor:
+    """FedAvg's example-weighted average sum_k (n_k / sum n) t_k (of one tensor: its values, bit for bit)."""
+    total = float(sum(num_examples))
+    return torch.stack([t * (n / total) for t, n in zip(tensors, num_examples, strict=True)]).sum(dim=0)
 
 
 def check_partition_id(partition_id: int, num_partitions: int) -> None:
@@ -194,22 +203,28 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def make_partitioner(heterogeneity: HeterogeneitySettings, num_partitions: int, seed: int) -> Partitioner:
-    """The flwr-datasets partitioner of a heterogeneity scheme (not yet given a dataset)."""
+def make_partitioner(
+    heterogeneity: HeterogeneitySettings, num_partitions: int, seed: int, attempt: int = 0
+) -> Partitioner:
+    """The flwr-datasets partitioner of a heterogeneity scheme (not yet given a dataset).
+
+    `attempt` > 0 seeds the partitioner anew (Dirichlet redraws, see `partition_rows`).
+    """
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     if heterogeneity.name == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if heterogeneity.name == "label_skew":
         return _label_skew_partitioner_class()(num_partitions, heterogeneity.h)
-    partitioner_seed = int_seed(seed, Stream.PARTITIONER) % (2**32)
+    index = (attempt,) if attempt else ()
+    partitioner_seed = int_seed(seed, Stream.PARTITIONER, *index) % (2**32)
     if heterogeneity.name == "dirichlet":
         min_size = heterogeneity.min_partition_size
         return DirichletPartitioner(
             num_partitions=num_partitions,
             partition_by=LABEL_COLUMN,
             alpha=heterogeneity.alpha,
-            min_partition_size=1 if min_size is None else min_size,
+            min_partition_size=1 if min_size is None else min_size,  # >= 1: no client without data
             self_balancing=False,
             shuffle=True,
             seed=partitioner_seed,
@@ -226,38 +241,55 @@ def make_partitioner(heterogeneity: HeterogeneitySettings, num_partitions: int, 
     raise SettingError(f"heterogeneity={heterogeneity.name!r} is invalid: allowed {'|'.join(PARTITION_SCHEMES)}")
 
 
+DIRICHLET_ATTEMPTS = 300  # seeded flwr-datasets Dirichlet partitioners tried, each with its own 11 draws
+
+
 def partition_rows(
     labels: np.ndarray, heterogeneity: HeterogeneitySettings, num_partitions: int, seed: int
-) -> list[np.ndarray]:
-    """Row indices (int64) of every client's examples (client k's in position k) of a label array.
+) -> tuple[list[np.ndarray], int]:
+    """(row indices (int64) of every client's examples, client k's in position k; attempts) of a label array.
 
     label_skew takes `label_skew_split` directly (no datasets/flwr_datasets import: a ClientApp
     process in deployment need not pay for them); the other schemes run their flwr-datasets
-    partitioner on an in-memory Dataset of (row, label). A Dirichlet partition that leaves a
-    client below heterogeneity.min_partition_size after flwr-datasets' retries is a one-line
-    SettingError.
+    partitioner on an in-memory Dataset of (row, label). `attempts` is 1 except for a Dirichlet
+    partition that flwr-datasets could not bring to heterogeneity.min_partition_size in its own 11
+    draws: it is then redrawn by a partitioner of a new seed (attempt a >= 1 seeded from
+    (seed, PARTITIONER, a), so attempt 0 is the partition of earlier versions), at most
+    DIRICHLET_ATTEMPTS times, and a one-line SettingError naming what would work after that (at
+    once when K clients cannot all hold min_partition_size examples).
     """
     labels = np.asarray(labels)
     if heterogeneity.name == "label_skew":
-        return label_skew_split(labels, num_partitions, heterogeneity.h)
+        return label_skew_split(labels, num_partitions, heterogeneity.h), 1
+    min_size = heterogeneity.min_partition_size
+    if heterogeneity.name == "dirichlet" and min_size is not None and min_size * num_partitions > labels.shape[0]:
+        raise SettingError(
+            f"heterogeneity.min_partition_size={min_size} is invalid: allowed at most "
+            f"{labels.shape[0] // num_partitions} ({labels.shape[0]} examples over fl.num_clients={num_partitions})"
+        )
     import datasets
 
-    partitioner = make_partitioner(heterogeneity, num_partitions, seed)
-    partitioner.dataset = datasets.Dataset.from_dict(
-        {ROW_COLUMN: np.arange(labels.shape[0], dtype=np.int64), LABEL_COLUMN: labels}
+    dataset = datasets.Dataset.from_dict({ROW_COLUMN: np.arange(labels.shape[0], dtype=np.int64), LABEL_COLUMN: labels})
+    attempts = DIRICHLET_ATTEMPTS if heterogeneity.name == "dirichlet" else 1
+    for attempt in range(attempts):
+        partitioner = make_partitioner(heterogeneity, num_partitions, seed, attempt)
+        partitioner.dataset = dataset
+        try:
+            with warnings.catch_warnings():  # flwr-datasets warns at each of its own redraws
+                warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                return [
+                    np.asarray(partitioner.load_partition(k).with_format("numpy")[:][ROW_COLUMN], dtype=np.int64)
+                    for k in range(num_partitions)
+                ], attempt + 1
+        except ValueError as error:
+            if heterogeneity.name != "dirichlet" or "max number of attempts" not in str(error):
+                raise
+    raise SettingError(
+        f"heterogeneity.alpha={heterogeneity.alpha!r} is invalid with fl.num_clients={num_partitions} and "
+        f"{labels.shape[0] / num_partitions:g} examples per client: {attempts} seeded Dirichlet partitioners "
+        f"(11 draws each) left a client below heterogeneity.min_partition_size={heterogeneity.min_partition_size}; "
+        "allowed a larger alpha, a smaller min_partition_size, fewer clients or more examples per client"
     )
-    try:
-        return [
-            np.asarray(partitioner.load_partition(k).with_format("numpy")[:][ROW_COLUMN], dtype=np.int64)
-            for k in range(num_partitions)
-        ]
-    except ValueError as error:
-        if heterogeneity.name != "dirichlet":
-            raise
-        raise SettingError(
-            f"heterogeneity.alpha={heterogeneity.alpha!r} is invalid: allowed a larger value (11 Dirichlet draws left "
-            f"a client with fewer than {heterogeneity.min_partition_size} examples; flwr-datasets: {error})"
-        ) from None
 
 
 def label_histograms(labels: np.ndarray, indices: Sequence[np.ndarray], classes: Sequence[int]) -> np.ndarray:
@@ -318,8 +350,11 @@ def stratified_split(
     return kept.astype(np.int64), held_rows.astype(np.int64)
 
 
-def partition_summary(histograms: np.ndarray, heterogeneity: float, class_names: Sequence[str]) -> dict[str, Any]:
-    """partition.json: per-client sizes and label histograms ([K, C]) and the heterogeneity H."""
+def partition_summary(
+    histograms: np.ndarray, heterogeneity: float, class_names: Sequence[str], attempts: int
+) -> dict[str, Any]:
+    """partition.json: per-client sizes and label histograms ([K, C]), the heterogeneity H and the
+    partitioner's attempts (`partition_rows`)."""
     counts = np.asarray(histograms, dtype=np.int64)
     return {
         "num_partitions": int(counts.shape[0]),
@@ -327,4 +362,5 @@ def partition_summary(histograms: np.ndarray, heterogeneity: float, class_names:
         "sizes": counts.sum(axis=1).tolist(),
         "histograms": counts.tolist(),
         "heterogeneity": float(heterogeneity),
+        "partitioner_attempts": int(attempts),
     }

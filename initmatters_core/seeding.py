@@ -29,6 +29,7 @@ class Stream(IntEnum):
     TEST_SUBSET = 10  # image task: data.test_samples > 0
     AUGMENT = 11  # image task: training augmentation of a client's round
     ALIGNMENT_BASIS = 12  # image task: patches of the ResNet first-layer proxy
+    POPULATION = 13  # synthetic task: Gaussian draws of the population test error
 
 
 def _entropy(seed: int, stream: Stream, index: tuple[int, ...]) -> list[int]:

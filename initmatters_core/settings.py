@@ -69,7 +69,7 @@ class HeterogeneitySettings:
     h: float | None = None  # label_skew: mean |n+ - n-| / n over clients, in [0, 1]
     alpha: float | None = None  # dirichlet concentration
     classes_per_client: int | None = None  # pathological: distinct labels per client
-    min_partition_size: int | None = None  # dirichlet: resample until every client has this many
+    min_partition_size: int | None = None  # dirichlet: redraw until every client has this many (>= 1)
 
     def validate(self, schemes: tuple[str, ...], note: str = "") -> None:
         """Checks of the scheme's own options; `schemes` are those the task supports."""
@@ -78,7 +78,8 @@ class HeterogeneitySettings:
             unit_interval("heterogeneity.h", self.h)
         if self.name == "dirichlet":
             positive_float("heterogeneity.alpha", self.alpha)
-            non_negative_int("heterogeneity.min_partition_size", self.min_partition_size)
+            # >= 1: a client without data cannot train, so none is ever made
+            positive_int("heterogeneity.min_partition_size", self.min_partition_size)
         if self.name == "pathological":
             positive_int("heterogeneity.classes_per_client", self.classes_per_client)
 
@@ -88,11 +89,17 @@ class InitSettings:
     """Initialization of the global model before round 1; the task says which names it knows."""
 
     name: str
-    steps: int | None = None  # pretrained / proxy_pretrained: centralized (S)GD steps
-    lr: float | None = None  # pretrained / proxy_pretrained: learning rate
-    source_samples: int | None = None  # pretrained: size of the server's balanced source set
-    source_seed: int | None = None  # pretrained: seed of the source set (independent of clients' data)
-    source_noise_std: float | None = None  # pretrained: sigma_p of the source data
+    steps: int | None = None  # pretrained / proxy_pretrained: centralized (S)GD steps (federated_pretrained: per round)
+    lr: float | None = None  # pretrained / proxy_pretrained / federated_pretrained: learning rate
+    source_samples: int | None = None  # (federated_)pretrained: size of the balanced source set
+    source_seed: int | None = None  # (federated_)pretrained: seed of the source set; None = the experiment seed
+    source_noise_std: float | None = None  # (federated_)pretrained: sigma_p of the source data
+    source_label_noise: float | None = None  # (federated_)pretrained: p of the source data
+    source_signal_angle: float | None = None  # (federated_)pretrained: degrees between the source mu and the task's
+    source_signal_norm: float | None = None  # (federated_)pretrained: ||mu|| of the source data
+    source_clients: int | None = None  # federated_pretrained: K_s, clients of the source federation
+    source_h: float | None = None  # federated_pretrained: label skew h of the source federation
+    source_rounds: int | None = None  # federated_pretrained: FedAvg rounds on the source federation
     misaligned_fraction: float | None = None  # misaligned_fraction: q, per class
     path: str | None = None  # checkpoint: a saved state dict; imagenet: the weights file ("" = download)
 

@@ -21,8 +21,8 @@ TMP = "<tmp>"  # stands for the test's temporary folder in the table
 # (command, arguments, expected stderr (a trailing "..." marks the start of a longer line), setup of files in <tmp>)
 CASES: list[tuple[str, list[str], str, str]] = [
     ("run", ["heterogeneity.h=1.5"], "error: heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]", ""),
-    ("run", ["init=foo"], "error: init='foo' is invalid: allowed align_flip|checkpoint|imagenet|misaligned_fraction|"
-                          "pretrained|proxy_pretrained|random", ""),
+    ("run", ["init=foo"], "error: init='foo' is invalid: allowed align_flip|checkpoint|federated_pretrained|imagenet|"
+                          "misaligned_fraction|pretrained|proxy_pretrained|random", ""),
     ("run", ["fl.lr=0.5", "fl.lr=0.6"], "error: fl.lr is given twice (fl.lr=0.5, fl.lr=0.6): give each setting once",
      ""),
     ("run", ["fl.nonsense=1"], "error: fl.nonsense is not a known setting: allowed fl.num_clients|fl.num_rounds|"

@@ -140,8 +140,8 @@ def test_fresh_test_set_is_deterministic_per_seed() -> None:
 
 def test_source_set_is_deterministic_and_independent_of_test_set() -> None:
     mu = signal_vector(50, 1.5)
-    source = source_set(0, mu, 1.0, 400)
-    again = source_set(0, mu, 1.0, 400)
+    source = source_set(0, mu, 1.0, 0.0, 400)
+    again = source_set(0, mu, 1.0, 0.0, 400)
     test = fresh_test_set(0, mu, 1.0, 0.0, 400)
     assert torch.equal(source.features, again.features)
     assert int((source.true_labels == 1).sum()) == 200
@@ -154,4 +154,4 @@ def test_source_set_is_deterministic_and_independent_of_test_set() -> None:
     correlation = np.corrcoef(s.ravel(), t.ravel())[0, 1]
     assert abs(correlation) < 0.02  # 400 * 49 pairs: std ~ 0.007
     # Another source seed gives another source set.
-    assert not torch.equal(source.noise, source_set(1, mu, 1.0, 400).noise)
+    assert not torch.equal(source.noise, source_set(1, mu, 1.0, 0.0, 400).noise)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from initmatters_core.results import save_state
+from initmatters_core.settings import SettingError
 from initmatters_core.tasks.synthetic.data import signal_vector
 from initmatters_core.tasks.synthetic.initialization import (
     align_flip,
@@ -93,7 +94,7 @@ def test_with_misaligned_fraction_choice_depends_on_generator() -> None:
 
 def _initial(settings) -> torch.Tensor:
     mu = signal_vector(settings.data.dim, settings.data.signal_norm)
-    return initial_weight(settings.init, settings.model, mu, settings.seed)
+    return initial_weight(settings.init, settings.model, mu, settings.seed)[0]
 
 
 def test_random_initial_weight_is_seeded(compose_settings) -> None:
@@ -179,5 +180,5 @@ def test_load_weight_without_weight_key(tmp_path: Path) -> None:
 
 
 def test_load_weight_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="init.path"):
+    with pytest.raises(SettingError, match="init.path=.* does not exist"):
         load_weight(tmp_path / "nope.pt", dim=5, filters_per_class=3)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from initmatters_core.federation import LABEL_COLUMN, LabelSkewPartitioner, make_partitioner
-from initmatters_core.seeding import Stream, numpy_rng
-from initmatters_core.settings import HeterogeneitySettings
+from initmatters.compose import load_settings
+from initmatters_core.federation import DIRICHLET_ATTEMPTS, LABEL_COLUMN, LabelSkewPartitioner, make_partitioner
+from initmatters_core.seeding import Stream, int_seed, numpy_rng
+from initmatters_core.settings import HeterogeneitySettings, SettingError
 from initmatters_core.tasks.synthetic.data import balanced_labels, signal_vector
 from initmatters_core.tasks.synthetic.partition import (
     client_dataset,
@@ -22,6 +23,7 @@ from initmatters_core.tasks.synthetic.partition import (
     realised_heterogeneity,
 )
 from initmatters_core.tasks.synthetic.settings import DataSettings
+from initmatters_core.tasks.synthetic.task import check_before_start, skew_warnings
 
 # flwr-datasets warns each time it resamples a Dirichlet draw below min_partition_size.
 pytestmark = pytest.mark.filterwarnings("ignore:The specified min_partition_size")
@@ -55,7 +57,7 @@ def _hand_imbalance(labels) -> float:
 
 @pytest.mark.parametrize("h", [0.0, 0.5, 1.0])
 def test_label_skew_realises_h_exactly_per_client(h: float) -> None:
-    labels = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), 0, K, N)
+    labels, _ = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), 0, K, N)
     assert len(labels) == K
     for k, part in enumerate(labels):
         assert part.shape == (N,)
@@ -113,39 +115,39 @@ def test_partitioners_are_disjoint_and_covering(scheme: str) -> None:
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological", "label_skew"])
 def test_partition_true_labels_cover_balanced_pool_and_are_seeded(scheme: str) -> None:
-    labels = partition_true_labels(SCHEMES[scheme], 0, K, N)
+    labels, _ = partition_true_labels(SCHEMES[scheme], 0, K, N)
     assert len(labels) == K
     assert sum(part.shape[0] for part in labels) == K * N
     everything = np.concatenate(labels)
     assert int((everything == 1).sum()) == int((everything == -1).sum()) == K * N // 2
-    again = partition_true_labels(SCHEMES[scheme], 0, K, N)
+    again, _ = partition_true_labels(SCHEMES[scheme], 0, K, N)
     for a, b in zip(labels, again, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_dirichlet_depends_on_seed_and_respects_min_size() -> None:
-    a = partition_true_labels(SCHEMES["dirichlet"], 0, K, N)
-    b = partition_true_labels(SCHEMES["dirichlet"], 1, K, N)
+    a, _ = partition_true_labels(SCHEMES["dirichlet"], 0, K, N)
+    b, _ = partition_true_labels(SCHEMES["dirichlet"], 1, K, N)
     assert [len(p) for p in a] != [len(p) for p in b]
     assert min(len(p) for p in a) >= 2 and min(len(p) for p in b) >= 2
 
 
 def test_pathological_one_class_per_client_has_h_one() -> None:
-    labels = partition_true_labels(SCHEMES["pathological"], 0, K, N)
+    labels, _ = partition_true_labels(SCHEMES["pathological"], 0, K, N)
     for part in labels:
         assert len(np.unique(part)) == 1
     assert realised_heterogeneity(labels) == 1.0
 
 
 def test_iid_is_nearly_balanced() -> None:
-    labels = partition_true_labels(SCHEMES["iid"], 0, K, 200)
+    labels, _ = partition_true_labels(SCHEMES["iid"], 0, K, 200)
     assert all(part.shape[0] == 200 for part in labels)
     assert realised_heterogeneity(labels) < 0.2  # E|n+ - n-|/n ~ 0.056 for n = 200
 
 
 def _data_settings(**changes) -> DataSettings:
     values = dict(dim=15, signal_norm=1.5, noise_std=1.0, label_noise=0.0, samples_per_client=N,
-                  test_samples=100)
+                  test_samples=100, population_samples=0)
     values.update(changes)
     return DataSettings(**values)
 
@@ -158,7 +160,7 @@ def test_client_dataset_is_a_pure_function() -> None:
     assert torch.equal(a.labels, b.labels)
     assert torch.equal(a.true_labels, b.true_labels)
     # Its labels are exactly the partition's labels (client 3 is odd: majority -1).
-    expected = partition_true_labels(het, 7, K, N)[3]
+    expected = partition_true_labels(het, 7, K, N)[0][3]
     assert sorted(a.true_labels.int().tolist()) == sorted(expected.tolist())
     assert int((a.true_labels == -1).sum()) == 15
 
@@ -204,7 +206,7 @@ def test_label_skew_partitioner_is_one_flwr_datasets_partitioner_class() -> None
 @pytest.mark.parametrize("seed", [0, 5])
 def test_label_skew_labels_equal_those_of_the_flwr_datasets_partitioner(h: float, seed: int) -> None:
     """partition_true_labels takes label_skew's split directly; LabelSkewPartitioner gives the same labels."""
-    expected = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), seed, K, N)
+    expected, _ = partition_true_labels(HeterogeneitySettings(name="label_skew", h=h), seed, K, N)
     pool = balanced_labels(K * N, numpy_rng(seed, Stream.LABEL_POOL))
     partitioner = LabelSkewPartitioner(K, h)
     partitioner.dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist()})
@@ -221,3 +223,76 @@ def test_label_skew_labels_need_neither_datasets_nor_flwr_datasets() -> None:
             "print(sorted({'flwr_datasets', 'datasets'} & set(sys.modules)))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+# --- partitions that do not break (issue 10) -------------------------------------------------------
+
+DIRICHLET_01 = HeterogeneitySettings(name="dirichlet", alpha=0.1, min_partition_size=2)
+
+
+def test_dirichlet_01_succeeds_for_every_seed_at_the_default_sizes() -> None:
+    """flwr-datasets alone gives up in 9 of seeds 0-9 (11 draws); seeded redraws always succeed.
+
+    Each result is the partition of the flwr-datasets partitioner of its last attempt, and a
+    first-attempt success is the partition of earlier versions (the partitioner of the seed alone).
+    """
+    pool_rows = np.arange(K * N)
+    attempts_seen = []
+    for seed in range(10):
+        labels, attempts = partition_true_labels(DIRICHLET_01, seed, K, N)
+        assert 1 <= attempts <= DIRICHLET_ATTEMPTS
+        attempts_seen.append(attempts)
+        assert min(part.shape[0] for part in labels) >= 2
+        assert sum(part.shape[0] for part in labels) == K * N
+        assert int((np.concatenate(labels) == 1).sum()) == K * N // 2
+        pool = balanced_labels(K * N, numpy_rng(seed, Stream.LABEL_POOL))
+        dataset = datasets.Dataset.from_dict({LABEL_COLUMN: pool.tolist(), "idx": pool_rows.tolist()})
+        partitioner = make_partitioner(DIRICHLET_01, K, seed, attempts - 1)
+        for part, rows in zip(labels, _partition_indices(partitioner, dataset), strict=True):
+            np.testing.assert_array_equal(part, pool[rows])
+    assert attempts_seen[4] == 1 and max(attempts_seen) > 11  # seed 4 needs no redraw; some need many
+
+
+def test_first_attempt_partitioner_is_the_seed_stream_of_earlier_versions() -> None:
+    """make_partitioner(..., attempt=0) is seeded exactly as before the redraws existed."""
+    assert make_partitioner(DIRICHLET_01, K, 3)._rng.bit_generator.state == np.random.default_rng(
+        int_seed(3, Stream.PARTITIONER) % 2**32).bit_generator.state
+    assert make_partitioner(DIRICHLET_01, K, 3, 1)._rng.bit_generator.state == np.random.default_rng(
+        int_seed(3, Stream.PARTITIONER, 1) % 2**32).bit_generator.state
+
+
+def test_unreachable_dirichlet_fails_before_start_up_with_one_line_naming_alpha_k_and_n() -> None:
+    """The bound of seeded redraws is hit: check_before_start (called before anything starts) says so."""
+    settings = load_settings(["heterogeneity=dirichlet", "heterogeneity.alpha=0.001", "data.dim=10"])[0]
+    with pytest.raises(SettingError) as error:
+        check_before_start(settings)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("heterogeneity.alpha=0.001 is invalid with fl.num_clients=10 and 20 examples per client")
+    assert "allowed a larger alpha" in message
+
+
+@pytest.mark.parametrize("overrides", ["heterogeneity=dirichlet heterogeneity.min_partition_size=0",
+                                       "heterogeneity=dirichlet_0.1 heterogeneity.min_partition_size=0"])
+def test_a_client_without_data_is_impossible(overrides: str) -> None:
+    """min_partition_size >= 1 is enforced, so no Dirichlet client is ever empty."""
+    with pytest.raises(SettingError, match=r"^heterogeneity[.]min_partition_size=0 is invalid: allowed a positive"):
+        load_settings(overrides.split())
+    with pytest.raises(SettingError, match=r"^heterogeneity[.]min_partition_size=0 is invalid"):
+        HeterogeneitySettings(name="dirichlet", alpha=0.1, min_partition_size=0).validate(("dirichlet",))
+
+
+@pytest.mark.parametrize(("n", "h", "realised"), [(20, 0.25, 0.2), (15, 0.0, 1 / 15), (20, 0.5, None), (15, 1.0, None)])
+def test_unrealisable_label_skew_is_a_warning_with_the_realised_h(n: int, h: float, realised: float | None) -> None:
+    skew = HeterogeneitySettings(name="label_skew", h=h)
+    labels, attempts = partition_true_labels(skew, 0, K, n)
+    assert attempts == 1
+    # Hand computation: round(n (1 + h) / 2) majority examples per client.
+    majority = round(n * (1 + h) / 2)
+    assert realised_heterogeneity(labels) == pytest.approx(abs(2 * majority - n) / n, abs=1e-15)
+    lines = skew_warnings(skew, n, realised_heterogeneity(labels))
+    if realised is None:
+        assert lines == []
+    else:
+        assert lines == [f"heterogeneity.h={h:g} is not realisable with data.samples_per_client={n} "
+                         f"(n (1 + h) / 2 must be an integer): realised h={realised:.4f}"]

@@ -61,9 +61,10 @@ def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, 
 
 def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, misaligned_init: int,
               realised_h: float, test_loss: float | None = None, finished: bool = True,
-              misaligned: Sequence[float] | None = None) -> Path:
+              misaligned: Sequence[float] | None = None, pop_test_error: float | None = None) -> Path:
     """Write config.yaml, rounds.csv and (if finished) summary.json; misaligned falls linearly to 0
-    (or follows `misaligned`, one value per round 0..num_rounds)."""
+    (or follows `misaligned`, one value per round 0..num_rounds); pop_test_error (blank unless
+    given) falls linearly from 0.5 to `pop_test_error`."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(dict(settings)))
     num_rounds = settings["fl"]["num_rounds"]
@@ -76,6 +77,8 @@ def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, m
         row.update(round=r, misaligned=count, aligned=filters - count, elapsed_s=0.1 * r,
                    test_error=0.5 + (test_error - 0.5) * r / num_rounds,
                    test_loss=0.7 + (test_loss - 0.7) * r / num_rounds)
+        if pop_test_error is not None:
+            row.update(pop_test_error=0.5 + (pop_test_error - 0.5) * r / num_rounds)
         if r:
             row.update(train_loss=0.1, clients=10)
         rows.append(row)
@@ -604,3 +607,32 @@ def test_label_histograms_name_the_classes_and_run_lines_take_the_init_colour(tm
     written = plots.plot_run(run / "rounds.csv", run / "plots", "t", partition_json=run / "partition.json")
     assert [p.name for p in written] == ["misaligned.png", "test_error.png", "label_histograms.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in written)
+
+
+def test_population_error_and_penalty_where_measured(tmp_path: Path, sweep: Path) -> None:
+    # pop_test_error per (init, h, seed); the penalties pair by seed like the finite-sample ones.
+    pop = {("random", 0.0, 0): 0.170, ("random", 0.0, 1): 0.175, ("random", 1.0, 0): 0.190,
+           ("random", 1.0, 1): 0.200, ("pretrained", 0.0, 0): 0.100, ("pretrained", 1.0, 0): 0.104}
+    for i, ((init, h, seed), value) in enumerate(pop.items()):
+        write_run(tmp_path / "pop" / str(i), nested_settings(init, h, seed), test_error=ERRORS[(init, h, seed)],
+                  misaligned_init=0, realised_h=h, pop_test_error=value)
+    result = report.write_report(tmp_path / "pop")
+    rows = {(r["init.name"], r["heterogeneity.h"]): r for r in result["rows"]}
+    random_h1 = rows[("random", 1.0)]
+    assert random_h1["pop_test_error_mean"] == pytest.approx(0.195)
+    assert random_h1["pop_test_error_std"] == pytest.approx(sample_std([0.190, 0.200]))
+    assert random_h1["pop_heterogeneity_penalty_mean"] == pytest.approx((0.020 + 0.025) / 2)
+    assert random_h1["pop_heterogeneity_penalty_n"] == 2
+    assert random_h1["heterogeneity_penalty_mean"] == pytest.approx(0.06)  # the finite-sample one is kept
+    assert rows[("pretrained", 1.0)]["pop_heterogeneity_penalty_mean"] == pytest.approx(0.004)
+    assert rows[("pretrained", 1.0)]["pop_heterogeneity_penalty_n"] == 1
+    text = (tmp_path / "pop" / "summary.md").read_text(encoding="utf-8")
+    assert "| heterogeneity penalty | final population test error | population heterogeneity penalty |" in text
+    assert "| 0.1950 ± 0.0071 | +0.0225 ± 0.0035 |" in text
+    csv_row = row_for(read_summary_csv(tmp_path / "pop" / "summary.csv"), init__name="random", heterogeneity__h="1.0")
+    assert float(csv_row["pop_heterogeneity_penalty_mean"]) == pytest.approx(0.0225)
+    # Without the population error (the main fixture): blank csv cells, no markdown column.
+    report.write_report(sweep)
+    assert "population test error" not in (sweep / "summary.md").read_text(encoding="utf-8")
+    plain = row_for(read_summary_csv(sweep / "summary.csv"), init__name="random", heterogeneity__h="1.0")
+    assert plain["pop_test_error_mean"] == "" and plain["pop_heterogeneity_penalty_n"] == "0"

@@ -27,6 +27,7 @@ class ImagePartition:
     histograms: np.ndarray  # [K, C] int64: examples of class c held by client k
     heterogeneity: float  # H, see the module docstring
     mean_tv: float  # (1/K') sum_k TV(p_k, q), unnormalised
+    attempts: int  # seeded partitioners tried (federation.partition_rows)
 
     @property
     def num_partitions(self) -> int:
@@ -41,6 +42,7 @@ class ImagePartition:
             "mean_tv": self.mean_tv,
             "sizes": [int(part.shape[0]) for part in self.indices],
             "histograms": self.histograms.tolist(),
+            "partitioner_attempts": self.attempts,
         }
 
 
@@ -57,8 +59,8 @@ def image_partitions(
 ) -> ImagePartition:
     """Partition the rows of a split with labels `labels` (ints in 0..C-1) over `num_partitions`.
 
-    scheme "iid" (IidPartitioner), "dirichlet" (DirichletPartitioner(alpha), redrawn by
-    flwr-datasets until every client has `min_partition_size` rows, at most 10 times) or
+    scheme "iid" (IidPartitioner), "dirichlet" (DirichletPartitioner(alpha), redrawn until
+    every client has `min_partition_size` >= 1 rows, see `federation.partition_rows`) or
     "pathological" (PathologicalPartitioner, `classes_per_client` classes per client assigned
     deterministically: client k gets classes k, k+1, ... mod C). `num_classes` defaults to
     max(label) + 1. Setting errors are one-line `SettingError`s.
@@ -68,13 +70,14 @@ def image_partitions(
     _validate(labels, scheme, num_partitions, alpha, classes_per_client, num_classes, min_partition_size)
     heterogeneity = HeterogeneitySettings(name=scheme, alpha=alpha, classes_per_client=classes_per_client,
                                           min_partition_size=min_partition_size)
-    indices = partition_rows(labels, heterogeneity, num_partitions, seed)
+    indices, attempts = partition_rows(labels, heterogeneity, num_partitions, seed)
     histograms = label_histograms(labels, indices, range(num_classes))
     return ImagePartition(
         indices=indices,
         histograms=histograms,
         heterogeneity=heterogeneity_measure(histograms),
         mean_tv=mean_total_variation(histograms),
+        attempts=attempts,
     )
 
 
@@ -95,9 +98,10 @@ def _validate(
     if scheme == "dirichlet":
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < float("inf"):
             raise SettingError(f"heterogeneity.alpha={alpha!r} is invalid: allowed a finite number > 0")
-        if not isinstance(min_partition_size, int) or min_partition_size < 0:
+        if not isinstance(min_partition_size, int) or isinstance(min_partition_size, bool) or min_partition_size < 1:
             raise SettingError(
-                f"heterogeneity.min_partition_size={min_partition_size!r} is invalid: allowed an integer >= 0"
+                f"heterogeneity.min_partition_size={min_partition_size!r} is invalid: allowed an integer >= 1 "
+                "(a client without data)"
             )
     if scheme == "pathological":
         present = int(np.unique(labels).shape[0])

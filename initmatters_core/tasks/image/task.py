@@ -311,7 +311,7 @@ def server_setup(settings: ExperimentSettings) -> TaskServer:
         central_metrics=central,
         round_columns=("round", "train_loss", "test_loss", "test_error", *alignment_columns, "update_diversity",
                        "clients", "elapsed_s"),
-        partition={**partition_summary(partition.histograms, partition.heterogeneity, class_names),
+        partition={**partition_summary(partition.histograms, partition.heterogeneity, class_names, partition.attempts),
                    "mean_tv": partition.mean_tv, "proxy_size": int(split.proxy_rows.shape[0]),
                    "test_size": int(labels.shape[0])},
         realised_h=partition.heterogeneity,

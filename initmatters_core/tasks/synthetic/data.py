@@ -7,6 +7,7 @@ is y_hat flipped with probability p. Every array is a pure function of its seed 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,9 +85,24 @@ def fresh_test_set(
     return sample_examples(balanced_labels(num_samples, rng), signal, noise_std, label_noise, rng)
 
 
+def rotated_signal(signal: torch.Tensor, angle_deg: float, norm: float) -> torch.Tensor:
+    """`signal` rotated by angle_deg in the plane of e_1 and e_2 (towards e_2), rescaled to `norm`.
+
+    For the default mu = ||mu|| e_1 this is norm (cos a e_1 + sin a e_2): the angle between the
+    result and mu is angle_deg. Angle 0 and norm ||mu|| give mu itself, bit for bit.
+    """
+    theta = math.radians(angle_deg)
+    mu = signal.double()
+    rotated = mu.clone()
+    rotated[0] = math.cos(theta) * mu[0] - math.sin(theta) * mu[1]
+    rotated[1] = math.sin(theta) * mu[0] + math.cos(theta) * mu[1]
+    return (rotated * (norm / rotated.norm())).to(signal.dtype)
+
+
 def source_set(
-    seed: int, signal: torch.Tensor, noise_std: float, num_samples: int
+    seed: int, signal: torch.Tensor, noise_std: float, label_noise: float, num_samples: int
 ) -> SignalNoiseData:
-    """The server's balanced pre-training sample (same mu, own seed, no label noise)."""
+    """The server's balanced pre-training sample: the data model with the source's own mu (`signal`;
+    the noise is orthogonal to it), sigma_p and p, from its own SOURCE stream."""
     rng = numpy_rng(seed, Stream.SOURCE)
-    return sample_examples(balanced_labels(num_samples, rng), signal, noise_std, 0.0, rng)
+    return sample_examples(balanced_labels(num_samples, rng), signal, noise_std, label_noise, rng)

@@ -1,16 +1,21 @@
-"""Initial global models: random, pre-trained, align-flip, controlled misaligned fraction, file."""
+"""Initial global models: random, pre-trained (centrally or federated), align-flip, controlled
+misaligned fraction, file."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from initmatters_core.federation import partition_rows, weighted_average
 from initmatters_core.seeding import Stream, torch_generator
-from initmatters_core.settings import InitSettings, SettingError
+from initmatters_core.settings import HeterogeneitySettings, InitSettings, SettingError
 from initmatters_core.tasks.synthetic.alignment import aligned_mask
-from initmatters_core.tasks.synthetic.data import source_set
+from initmatters_core.tasks.synthetic.data import SignalNoiseData, rotated_signal, source_set
 from initmatters_core.tasks.synthetic.model import WEIGHT_KEY, logistic_loss, model_from_weight
+from initmatters_core.tasks.synthetic.partition import realised_heterogeneity
 from initmatters_core.tasks.synthetic.settings import ModelSettings
 from initmatters_core.training import train_steps
 
@@ -53,14 +58,61 @@ def with_misaligned_fraction(
     return reflect_signal_component(weight, signal, is_aligned == want_misaligned)
 
 
-def pretrain(
-    weight: torch.Tensor, signal: torch.Tensor, init: InitSettings
-) -> torch.Tensor:
-    """Centralized full-batch GD from `weight` on the server's own balanced source set."""
-    source = source_set(init.source_seed, signal, init.source_noise_std, init.source_samples)
+def source_seed(init: InitSettings, seed: int) -> int:
+    """The seed of the source set: init.source_seed, or the experiment seed when it is None."""
+    return seed if init.source_seed is None else init.source_seed
+
+
+def source_data(init: InitSettings, signal: torch.Tensor, seed: int) -> SignalNoiseData:
+    """The balanced source set of (federated) pre-training: the data model with the source's own
+    mu (the task's `signal` rotated by init.source_signal_angle, of norm init.source_signal_norm),
+    sigma_p, p, size and seed."""
+    return source_set(
+        source_seed(init, seed),
+        rotated_signal(signal, init.source_signal_angle, init.source_signal_norm),
+        init.source_noise_std,
+        init.source_label_noise,
+        init.source_samples,
+    )
+
+
+def pretrain(weight: torch.Tensor, source: SignalNoiseData, init: InitSettings) -> torch.Tensor:
+    """Centralized full-batch GD from `weight` on the source set, init.steps steps of init.lr."""
     model = model_from_weight(weight)
     train_steps(model, source.features, source.labels, logistic_loss, steps=init.steps, lr=init.lr)
     return model.weight.detach().clone()
+
+
+def source_federation(source: SignalNoiseData, init: InitSettings) -> list[np.ndarray]:
+    """Rows of the source set held by each of the init.source_clients source clients.
+
+    Label skew init.source_h on the true labels (`federation.partition_rows`, the clients'
+    own partitioner); a single client holds the whole set in its order.
+    """
+    if init.source_clients == 1:
+        return [np.arange(len(source), dtype=np.int64)]
+    skew = HeterogeneitySettings(name="label_skew", h=init.source_h)
+    rows, _ = partition_rows(source.true_labels.numpy().astype(np.int64), skew, init.source_clients,
+                             seed=0)  # label skew draws nothing
+    return rows
+
+
+def federated_pretrain(
+    weight: torch.Tensor, source: SignalNoiseData, rows: list[np.ndarray], init: InitSettings
+) -> torch.Tensor:
+    """FedAvg from `weight` on the source federation (client k holds source rows rows[k]):
+    init.source_rounds rounds in which every source client runs init.steps full-batch GD steps of
+    init.lr from the global model, then the example-weighted average (FedAvg's arithmetic)."""
+    sizes = [int(part.shape[0]) for part in rows]
+    for _ in range(init.source_rounds):
+        local = []
+        for part in rows:
+            model = model_from_weight(weight)
+            train_steps(model, source.features[part], source.labels[part], logistic_loss,
+                        steps=init.steps, lr=init.lr)
+            local.append(model.weight.detach())
+        weight = weighted_average(local, sizes)
+    return weight.clone()
 
 
 def load_weight(path: str | Path, dim: int, filters_per_class: int) -> torch.Tensor:
@@ -94,24 +146,31 @@ def load_weight(path: str | Path, dim: int, filters_per_class: int) -> torch.Ten
 
 def initial_weight(
     init: InitSettings, model: ModelSettings, signal: torch.Tensor, seed: int
-) -> torch.Tensor:
-    """The global model before round 1, as a [2, m, d] float32 tensor.
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(the global model before round 1 as a [2, m, d] float32 tensor, facts of how it was made).
 
     Every option except `checkpoint` starts from the same seeded random draw, so runs that
-    differ only in `init` are paired.
+    differ only in `init` are paired. Facts (summary.json): pre-training's effective
+    `source_seed`, and the source federation's `source_realised_h`.
     """
     dim = int(signal.shape[0])
     if init.name == "checkpoint":
-        return load_weight(init.path, dim, model.filters_per_class)
+        return load_weight(init.path, dim, model.filters_per_class), {}
     weight = random_weight(dim, model.filters_per_class, model.init_std, torch_generator(seed, Stream.INIT))
     if init.name == "random":
-        return weight
+        return weight, {}
     if init.name == "pretrained":
-        return pretrain(weight, signal, init)
+        return pretrain(weight, source_data(init, signal, seed), init), {"source_seed": source_seed(init, seed)}
+    if init.name == "federated_pretrained":
+        source = source_data(init, signal, seed)
+        rows = source_federation(source, init)
+        facts = {"source_seed": source_seed(init, seed),
+                 "source_realised_h": realised_heterogeneity([source.true_labels[part].numpy() for part in rows])}
+        return federated_pretrain(weight, source, rows, init), facts
     if init.name == "align_flip":
-        return align_flip(weight, signal)
+        return align_flip(weight, signal), {}
     if init.name == "misaligned_fraction":
         return with_misaligned_fraction(
             weight, signal, init.misaligned_fraction, torch_generator(seed, Stream.INIT, 1)
-        )
+        ), {}
     raise ValueError(f"unknown init {init.name!r}")

@@ -22,10 +22,12 @@ CLASSES = (1, -1)  # label values in partition.json's histogram order
 
 def partition_true_labels(
     heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
-) -> list[np.ndarray]:
-    """True labels y_hat of every client, list of int64 arrays (client k's in position k)."""
+) -> tuple[list[np.ndarray], int]:
+    """(true labels y_hat of every client, int64 arrays, client k's in position k; the partitioner's
+    attempts, see `federation.partition_rows`)."""
     pool = balanced_labels(num_partitions * samples_per_client, numpy_rng(seed, Stream.LABEL_POOL))
-    return [pool[rows].astype(np.int64) for rows in partition_rows(pool, heterogeneity, num_partitions, seed)]
+    rows, attempts = partition_rows(pool, heterogeneity, num_partitions, seed)
+    return [pool[part].astype(np.int64) for part in rows], attempts
 
 
 def label_imbalance(labels: np.ndarray) -> float:
@@ -50,7 +52,7 @@ def client_dataset(
 ) -> SignalNoiseData:
     """Client `partition_id`'s training data: a pure function of its arguments."""
     check_partition_id(partition_id, num_partitions)
-    labels = partition_true_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
+    labels, _ = partition_true_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
     return examples_for_labels(data, seed, partition_id, labels[partition_id], signal)
 
 

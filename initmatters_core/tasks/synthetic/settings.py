@@ -10,16 +10,19 @@ from dataclasses import dataclass
 
 from initmatters_core.settings import (
     ExperimentSettings,
+    InitSettings,
     is_number,
+    non_negative_int,
     positive_float,
     positive_int,
     require,
+    unit_interval,
 )
 
 DATA_NAMES = ("synthetic",)
 MODEL_NAMES = ("two_layer_cnn",)
 HETEROGENEITY_SCHEMES = ("label_skew", "iid", "dirichlet", "pathological")
-INIT_NAMES = ("random", "pretrained", "align_flip", "misaligned_fraction", "checkpoint")
+INIT_NAMES = ("random", "pretrained", "federated_pretrained", "align_flip", "misaligned_fraction", "checkpoint")
 DEFAULT_MODEL = "two_layer_cnn"
 
 
@@ -33,6 +36,7 @@ class DataSettings:
     label_noise: float  # p, probability that the observed label is flipped
     samples_per_client: int  # n (the mean size for dirichlet/pathological)
     test_samples: int  # balanced fresh test set held by the server
+    population_samples: int  # Gaussian draws of the population test error/loss; 0 = not measured
     name: str = "synthetic"
 
     def validate(self) -> None:
@@ -45,6 +49,7 @@ class DataSettings:
         positive_int("data.samples_per_client", self.samples_per_client)
         require(isinstance(self.test_samples, int) and self.test_samples >= 2 and self.test_samples % 2 == 0,
                 "data.test_samples", self.test_samples, "an even integer >= 2")
+        non_negative_int("data.population_samples", self.population_samples)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,34 @@ def data_section(name: str) -> type:
     return DataSettings
 
 
+def validate_source(init: InitSettings) -> None:
+    """Checks of (federated) pre-training: the optimizer, the source data and the source federation."""
+    non_negative_int("init.steps", init.steps)
+    positive_float("init.lr", init.lr)
+    require(isinstance(init.source_samples, int) and not isinstance(init.source_samples, bool)
+            and init.source_samples >= 2 and init.source_samples % 2 == 0,
+            "init.source_samples", init.source_samples, "an even integer >= 2")
+    if init.source_seed is not None:
+        non_negative_int("init.source_seed", init.source_seed)
+    positive_float("init.source_noise_std", init.source_noise_std)
+    require(is_number(init.source_label_noise) and 0.0 <= init.source_label_noise < 0.5,
+            "init.source_label_noise", init.source_label_noise, "a number in [0, 0.5)")
+    require(is_number(init.source_signal_angle) and 0.0 <= init.source_signal_angle <= 180.0,
+            "init.source_signal_angle", init.source_signal_angle, "a number of degrees in [0, 180]")
+    positive_float("init.source_signal_norm", init.source_signal_norm)
+    if init.name != "federated_pretrained":
+        return
+    k = init.source_clients
+    require(isinstance(k, int) and not isinstance(k, bool) and (k == 1 or (k >= 2 and k % 2 == 0)),
+            "init.source_clients", k, "1 or an even integer >= 2 (source clients alternate majority label)")
+    require(init.source_samples % k == 0, "init.source_samples", init.source_samples,
+            f"an even integer >= 2 divisible by init.source_clients={k}")
+    unit_interval("init.source_h", init.source_h)
+    require(k > 1 or init.source_h == 0, "init.source_h", init.source_h,
+            "0 with init.source_clients=1 (one client holds the whole balanced source set)")
+    positive_int("init.source_rounds", init.source_rounds)
+
+
 def validate(settings: ExperimentSettings) -> None:
     """What only the synthetic task checks: its partitions and initializations."""
     heterogeneity, init, fl = settings.heterogeneity, settings.init, settings.fl
@@ -80,19 +113,13 @@ def validate(settings: ExperimentSettings) -> None:
     if heterogeneity.name == "dirichlet":
         n = settings.data.samples_per_client
         require(heterogeneity.min_partition_size <= n, "heterogeneity.min_partition_size",
-                heterogeneity.min_partition_size, f"an integer in [0, data.samples_per_client={n}]")
+                heterogeneity.min_partition_size, f"an integer in [1, data.samples_per_client={n}]")
     if heterogeneity.name == "pathological":
         require(heterogeneity.classes_per_client in (1, 2), "heterogeneity.classes_per_client",
                 heterogeneity.classes_per_client, "1 or 2 (binary task)")
     init.validate(INIT_NAMES, "with data=synthetic")
-    if init.name == "pretrained":
-        require(isinstance(init.steps, int) and init.steps >= 0, "init.steps", init.steps, "an integer >= 0")
-        positive_float("init.lr", init.lr)
-        require(isinstance(init.source_samples, int) and init.source_samples >= 2 and init.source_samples % 2 == 0,
-                "init.source_samples", init.source_samples, "an even integer >= 2")
-        require(isinstance(init.source_seed, int) and init.source_seed >= 0, "init.source_seed", init.source_seed,
-                "an integer >= 0")
-        positive_float("init.source_noise_std", init.source_noise_std)
+    if init.name in ("pretrained", "federated_pretrained"):
+        validate_source(init)
     if init.name == "misaligned_fraction":
         f = init.misaligned_fraction
         require(is_number(f) and 0.0 <= f <= 1.0, "init.misaligned_fraction", f, "a number in [0, 1]")

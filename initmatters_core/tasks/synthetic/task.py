@@ -7,6 +7,7 @@ Flower messages. The model travels as the state dict {"weight": [2, m, d]}.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -32,16 +33,20 @@ from initmatters_core.tasks.synthetic.partition import (
     partition_true_labels,
     realised_heterogeneity,
 )
+from initmatters_core.tasks.synthetic.population import POPULATION_COLUMNS, population_draws, population_metrics
+from initmatters_core.tasks.synthetic.regime import regime_facts, regime_line, regime_warnings
 from initmatters_core.tasks.synthetic.settings import DataSettings
 from initmatters_core.training import local_step_count, train_steps
 
 # Column order of rounds.csv; blank cells mean "not measured this round" (e.g. train metrics at
-# round 0, where no client has trained yet).
+# round 0, where no client has trained yet). The pop_* columns exist only with
+# data.population_samples > 0 (round_columns).
 ROUND_COLUMNS = (
     "round",
     "train_loss",
     "test_loss",
     "test_error",
+    *POPULATION_COLUMNS,
     "aligned",
     "misaligned",
     "aligned_pos",
@@ -61,6 +66,15 @@ ROUND_COLUMNS = (
     "elapsed_s",
 )
 
+
+def round_columns(data: DataSettings) -> tuple[str, ...]:
+    """This run's rounds.csv columns: ROUND_COLUMNS, less the pop_* ones when
+    data.population_samples = 0."""
+    if data.population_samples > 0:
+        return ROUND_COLUMNS
+    return tuple(column for column in ROUND_COLUMNS if column not in POPULATION_COLUMNS)
+
+
 # Per-process cache of client data: all 1000 clients of d = 1000, n = 20 (160 KB each) fit.
 DATA_CACHE_BYTES = 256 * 2**20
 
@@ -69,7 +83,7 @@ DATA_CACHE_BYTES = 256 * 2**20
 def _partition_labels(
     heterogeneity: HeterogeneitySettings, seed: int, num_partitions: int, samples_per_client: int
 ) -> tuple[np.ndarray, ...]:
-    labels = partition_true_labels(heterogeneity, seed, num_partitions, samples_per_client)
+    labels, _ = partition_true_labels(heterogeneity, seed, num_partitions, samples_per_client)
     for part in labels:
         part.setflags(write=False)
     return tuple(labels)
@@ -110,9 +124,13 @@ def clear_client_data_cache() -> None:
 
 def check_before_start(settings: ExperimentSettings) -> None:
     """What a local run needs beyond valid settings, checked before any start-up (one-line
-    SettingError): the training device (fl.device=cuda without a GPU) and, with init=checkpoint,
-    a usable init.path. Every client draws its data from the seed, so there is no data to check."""
+    SettingError): the training device (fl.device=cuda without a GPU), a Dirichlet partition that
+    reaches heterogeneity.min_partition_size and, with init=checkpoint, a usable init.path. Every
+    client draws its data from the seed, so there is no data to check."""
     resolve_device(settings.fl.device)
+    if settings.heterogeneity.name == "dirichlet":
+        _partition_labels(settings.heterogeneity, settings.seed, settings.fl.num_clients,
+                          settings.data.samples_per_client)
     if settings.init.name == "checkpoint":
         load_weight(settings.init.path, settings.data.dim, settings.model.filters_per_class)
 
@@ -175,32 +193,51 @@ def test_metrics(weight: torch.Tensor, test: SignalNoiseData) -> dict[str, float
 
 
 def server_setup(settings: ExperimentSettings) -> TaskServer:
-    """Signal, initial model (pre-training included), test set, partition facts, schedule."""
+    """Signal, initial model (pre-training included), test set, partition facts, schedule, and the
+    regime of the configuration (facts and warnings)."""
     signal = signal_vector(settings.data.dim, settings.data.signal_norm)
-    labels = partition_true_labels(
+    labels, attempts = partition_true_labels(
         settings.heterogeneity, settings.seed, settings.fl.num_clients, settings.data.samples_per_client
     )
-    init_weight = initial_weight(settings.init, settings.model, signal, settings.seed)
+    init_weight, init_facts = initial_weight(settings.init, settings.model, signal, settings.seed)
     test = fresh_test_set(
         settings.seed, signal, settings.data.noise_std, settings.data.label_noise, settings.data.test_samples
     )
+    data = settings.data
+    draws = (population_draws(settings.seed, data.population_samples, 2 * settings.model.filters_per_class)
+             if data.population_samples > 0 else None)
     realised_h = realised_heterogeneity(labels)
     histograms = np.array([[int((part == c).sum()) for c in CLASSES] for part in labels], dtype=np.int64)
+    regime = regime_facts(settings)
 
     def central_metrics(state: State) -> dict[str, float]:
         weight = state[WEIGHT_KEY]
-        return {**test_metrics(weight, test), **alignment_report(init_weight, weight, signal)}
+        metrics = {**test_metrics(weight, test), **alignment_report(init_weight, weight, signal)}
+        if draws is not None:
+            metrics.update(population_metrics(weight, signal, data.noise_std, data.label_noise, draws))
+        return metrics
 
     return TaskServer(
         init_state={WEIGHT_KEY: init_weight},
         central_metrics=central_metrics,
-        round_columns=ROUND_COLUMNS,
-        partition=partition_summary(histograms, realised_h, ["+1", "-1"]),
+        round_columns=round_columns(settings.data),
+        partition=partition_summary(histograms, realised_h, ["+1", "-1"], attempts),
         realised_h=realised_h,
         schedule=client_schedule(
             settings.fl.num_clients, settings.fl.fraction_train, settings.fl.num_rounds, settings.seed
         ),
         send_init_state=settings.log.noise_memorization,
         artifacts={"signal.pt": signal.clone()},
-        description=f"synthetic data, d={settings.data.dim}, realised h={realised_h:.4f}",
+        description=f"synthetic data, d={settings.data.dim}, realised h={realised_h:.4f}; {regime_line(regime)}",
+        facts={**regime, **init_facts},
+        warnings=[*skew_warnings(settings.heterogeneity, settings.data.samples_per_client, realised_h),
+                  *regime_warnings(regime)],
     )
+
+
+def skew_warnings(heterogeneity: HeterogeneitySettings, samples_per_client: int, realised_h: float) -> list[str]:
+    """A line when label_skew cannot realise the requested h with n examples per client."""
+    if heterogeneity.name != "label_skew" or math.isclose(realised_h, heterogeneity.h, rel_tol=0.0, abs_tol=1e-12):
+        return []
+    return [f"heterogeneity.h={heterogeneity.h:g} is not realisable with data.samples_per_client={samples_per_client} "
+            f"(n (1 + h) / 2 must be an integer): realised h={realised_h:.4f}"]
