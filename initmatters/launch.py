@@ -251,6 +251,23 @@ def simulation_superlink(flwr_home: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
+RAY_STARTUP_TIMEOUT = "timed out during startup"  # Ray's node start-up wait (30 s, fixed in Ray) ran out
+
+
+def ray_startup_timed_out(error: BaseException) -> bool:
+    """True when `error` (or an exception it was raised from) is Ray's node start-up timeout.
+
+    On a loaded machine Ray's raylet can miss its fixed 30 s registration window; nothing has run
+    then, so starting the simulation once more is safe.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if RAY_STARTUP_TIMEOUT in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def venv_script(name: str) -> str:
     """A console script of this interpreter's environment (works without an activated venv)."""
     candidate = Path(sys.executable).parent / name

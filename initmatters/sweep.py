@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from initmatters.compose import CONF_DIR, settings_from_config
-from initmatters.launch import FLOWER_ENV
+from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 
 
@@ -36,8 +36,16 @@ def main(config: DictConfig) -> None:
     settings = settings_from_config(config)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     server_app = build_server_app(settings, OmegaConf.to_yaml(config, resolve=True), output_dir)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    for attempt in (1, 2):  # once more when Ray's node start-up timed out (nothing has run then)
+        try:
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+            break
+        except Exception as error:
+            if attempt == 2 or not ray_startup_timed_out(error) or RunFiles(output_dir).rounds.exists():
+                raise
+            print("[initmatters] Ray's node start-up timed out (a busy machine): starting the simulation once more",
+                  flush=True)
     if not RunFiles(output_dir).finished():
         raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
 

@@ -81,9 +81,10 @@ def test_flwr_run_leaves_no_process_behind(pretrained_run) -> None:
 
 
 def test_failed_run_exits_non_zero(tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    completed = launch(tmp_path, "debug=default", "init=checkpoint", "init.path=/nonexistent/model.pt",
-                       "--output-dir", str(out))
+    """A run that starts and then fails (weights near float32's limit overflow: the model diverges)."""
+    out, huge = tmp_path / "results", tmp_path / "huge.pt"
+    torch.save({"weight": torch.full((2, 4, 100), 3.0e38)}, huge)
+    completed = launch(tmp_path, "debug=default", "init=checkpoint", f"init.path={huge}", "--output-dir", str(out))
     assert completed.returncode == 1
     assert "did not finish" in completed.stderr
     assert not (out / "summary.json").exists()

@@ -267,3 +267,16 @@ def test_a_gpu_request_gets_a_share_or_says_it_trains_on_the_cpu() -> None:
     assert run.client_gpu_share(settings, 0.25) == (0.25, None)
     cpu, _ = load_settings("")
     assert run.client_gpu_share(cpu, None) == (0.0, None)
+
+
+def test_ray_startup_timeout_is_recognised_through_the_exception_chain() -> None:
+    from initmatters.launch import ray_startup_timed_out
+
+    try:
+        try:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+        except Exception as inner:
+            raise RuntimeError("Simulation Runtime crashed.") from inner
+    except RuntimeError as outer:
+        assert ray_startup_timed_out(outer)
+    assert not ray_startup_timed_out(RuntimeError("round 2: none of the 2 scheduled clients replied"))

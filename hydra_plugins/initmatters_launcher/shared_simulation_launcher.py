@@ -246,13 +246,19 @@ class SharedSimulationLauncher(Launcher):
             for job in group:
                 returns[job.index] = self._run_job_on_grid(job, grid, progress)
 
+        from initmatters.launch import ray_startup_timed_out
+
         print(f"[sweep] one Flower simulation with {num_clients} SuperNodes for {len(group)} jobs", flush=True)
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_config=self.backend_config(),
-        )
+        for attempt in (1, 2):  # once more when Ray's node start-up timed out before any job ran
+            try:
+                run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+                               backend_config=self.backend_config())
+                break
+            except Exception as error:
+                if attempt == 2 or returns or not ray_startup_timed_out(error):
+                    raise
+                print("[sweep] Ray's node start-up timed out (a busy machine): starting the simulation once more",
+                      flush=True)
         for job in group:  # a simulation that died before reaching a job
             if job.index not in returns:
                 returns[job.index] = self._job_return(
