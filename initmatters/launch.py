@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from initmatters_core.results import pid_alive
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
@@ -101,16 +103,7 @@ def processes_with_flwr_home(workdir: Path) -> list[int]:
     return found
 
 
-def is_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+is_alive = pid_alive  # True while a PID exists and is not a zombie
 
 
 def terminate_pids(pids: list[int], timeout: float = 15.0) -> None:

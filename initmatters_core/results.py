@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from initmatters_core.settings import SettingError
+
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "rounds.csv"
 SUMMARY_FILE = "summary.json"
@@ -121,14 +123,19 @@ class OutputDirBusy(RuntimeError):
     """Another live process writes into the run's folder."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie (Linux /proc)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def lock_holder(files: RunFiles) -> int | None:
@@ -137,7 +144,7 @@ def lock_holder(files: RunFiles) -> int | None:
         pid = int(files.lock.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid != os.getpid() and _pid_alive(pid) else None
+    return pid if pid != os.getpid() and pid_alive(pid) else None
 
 
 class RunLock:
@@ -168,6 +175,19 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.files.lock.unlink(missing_ok=True)
+
+
+def load_state_file(path: str | Path, setting: str = "init.path") -> Any:
+    """torch.load(path, weights_only=True) with a one-line SettingError (naming `setting`) when the
+    file is missing or is not a torch file."""
+    file = Path(path)
+    if not file.is_file():
+        raise SettingError(f"{setting}={str(path)!r} does not exist: give a saved state dict file")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
+        raise SettingError(f"{setting}={str(path)!r} is not a torch state dict file "
+                           f"({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:

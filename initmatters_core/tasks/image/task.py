@@ -39,7 +39,7 @@ from initmatters_core.federation import (
     tensor_bytes,
 )
 from initmatters_core.metrics import TRANSITION_KEYS
-from initmatters_core.results import cpu_state
+from initmatters_core.results import cpu_state, load_state_file
 from initmatters_core.seeding import Stream, int_seed, numpy_rng, torch_generator
 from initmatters_core.settings import ClientSettings, ExperimentSettings, HeterogeneitySettings, SettingError
 from initmatters_core.tasks.base import State, StateUpdate, TaskServer
@@ -226,14 +226,7 @@ def initial_state(settings: ExperimentSettings, split: ImageSplit, device: torch
 
 def load_checkpoint_state(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """A saved state dict checked against `model` (same names, shapes, finite values), one-line errors."""
-    file = Path(path)
-    if not file.is_file():
-        raise WeightsUnavailableError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
-        raise WeightsUnavailableError(f"init.path={str(path)!r} is not a torch state dict file "
-                                      f"({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
+    state = load_state_file(path)
     own = model.state_dict()
     if not isinstance(state, Mapping) or set(state) != set(own):
         raise WeightsUnavailableError(f"init.path={str(path)!r} is not a state dict of this model "

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from initmatters_core.federation import partition_rows, weighted_average
+from initmatters_core.results import load_state_file
 from initmatters_core.seeding import Stream, torch_generator
 from initmatters_core.settings import HeterogeneitySettings, InitSettings, SettingError
 from initmatters_core.tasks.synthetic.alignment import aligned_mask
@@ -121,14 +122,7 @@ def load_weight(path: str | Path, dim: int, filters_per_class: int) -> torch.Ten
     Every way the file can be unusable (missing, not a torch file, no "weight", wrong shape,
     non-finite values) is a one-line SettingError naming init.path.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SettingError(f"init.path={str(path)!r} does not exist: give a saved state dict file")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
-        raise SettingError(f"init.path={str(path)!r} is not a torch state dict file "
-                           f"({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
+    state = load_state_file(path)
     if not isinstance(state, dict) or not isinstance(state.get(WEIGHT_KEY), torch.Tensor):
         raise SettingError(f"init.path={str(path)!r} holds no {WEIGHT_KEY!r} tensor: give a state dict of the "
                            "two-layer CNN (e.g. a run's model_final.pt)")
