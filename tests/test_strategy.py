@@ -15,9 +15,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from flower_fakes import FakeGrid, task_identity  # noqa: F401 (task_identity: autouse fixture)
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
-from flwr.supercore.task_identity import TaskIdentity
 
 from initmatters.compose import load_settings
 from initmatters.protocol import INIT_ARRAYS_KEY, PROXIMAL_MU_KEY, arrays_to_state, state_to_arrays
@@ -76,25 +76,6 @@ def _error_reply(node: int, server_round: int = 1, reason: str = "client crashed
     return Message(error=Error(code=0, reason=reason), metadata=_metadata(node, f"err{node}", server_round))
 
 
-class _FakeGrid:
-    """The only Grid method FedAvg.configure_train uses: get_node_ids()."""
-
-    def __init__(self, node_ids) -> None:
-        self._node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return list(self._node_ids)
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Set TaskIdentity (instruction messages need run/node/task ids) and restore it after."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id = 77
-    TaskIdentity.node_id = 1
-    TaskIdentity.task_id = 5
-    yield TaskIdentity
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 @pytest.fixture
@@ -122,7 +103,7 @@ def _expected_average(client_weights, partitions) -> np.ndarray:
 
 def _round(strategy, server_round: int, global_weight: torch.Tensor, client_weights, order=(2, 0, 1)):
     """configure_train then aggregate_train with the clients' replies in `order`."""
-    grid = _FakeGrid(NODE_OF_PARTITION.values())
+    grid = FakeGrid(NODE_OF_PARTITION.values())
     messages = list(strategy.configure_train(server_round, _arrays(global_weight), ConfigRecord(), grid))
     assert sorted(m.metadata.dst_node_id for m in messages) == sorted(NODE_OF_PARTITION.values())
     return strategy.aggregate_train(server_round, [_reply(p, client_weights[p], server_round) for p in order])
@@ -218,7 +199,7 @@ def test_all_replies_failed_is_an_error_and_no_sink_call(cls):
     calls = []
     strategy = _strategy(cls, sink=lambda r, m: calls.append((r, m)), round_offset=1,
                          **({"server_momentum": 0.9} if cls is FedAvgM else {}))
-    strategy.configure_train(1, _arrays(_random_weight(4)), ConfigRecord(), _FakeGrid(NODE_OF_PARTITION.values()))
+    strategy.configure_train(1, _arrays(_random_weight(4)), ConfigRecord(), FakeGrid(NODE_OF_PARTITION.values()))
     with pytest.raises(RuntimeError, match=r"round 2: none of the 2 scheduled clients replied.*round 1 can be resumed"):
         strategy.aggregate_train(1, [_error_reply(NODE_OF_PARTITION[0]), _error_reply(NODE_OF_PARTITION[1])])
     assert calls == []
@@ -238,7 +219,7 @@ def test_round_sink_gets_the_true_round_and_the_metrics(client_weights):
 def test_update_diversity_is_the_mean_pairwise_cosine_of_client_updates(client_weights):
     global_weight = _random_weight(5)
     strategy = _strategy()
-    grid = _FakeGrid(NODE_OF_PARTITION.values())
+    grid = FakeGrid(NODE_OF_PARTITION.values())
     strategy.configure_train(1, _arrays(global_weight), ConfigRecord(), grid)
     replies = [_reply(p, client_weights[p]) for p in (2, 0, 1)] + [_error_reply(555)]
     _, metrics = strategy.aggregate_train(1, replies)
@@ -270,7 +251,7 @@ def test_configure_train_targets_scheduled_partitions_only(send_init_arrays, rou
     strategy = _strategy(init=init if send_init_arrays else None, node_of_partition=node_of_partition,
                          schedule=schedule, round_offset=round_offset)
     assert strategy.min_train_nodes == 5  # the largest round (FedAvg waits for that many nodes)
-    grid = _FakeGrid(node_of_partition.values())
+    grid = FakeGrid(node_of_partition.values())
     global_weight = _random_weight(4)
     for server_round in range(1, len(schedule) - round_offset + 1):
         true_round = server_round + round_offset
@@ -297,7 +278,7 @@ def test_configure_train_targets_scheduled_partitions_only(send_init_arrays, rou
 def test_fedprox_sends_its_proximal_mu():
     strategy = _strategy(FedProx, proximal_mu=0.25)
     messages = list(strategy.configure_train(1, _arrays(_random_weight(4)), ConfigRecord(),
-                                             _FakeGrid(NODE_OF_PARTITION.values())))
+                                             FakeGrid(NODE_OF_PARTITION.values())))
     assert len(messages) == 3
     for message in messages:
         assert message.content["config"][PROXIMAL_MU_KEY] == 0.25

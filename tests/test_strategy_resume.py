@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flower_fakes import FakeGrid, task_identity  # noqa: F401 (task_identity: autouse fixture)
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
-from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.app import app as client_app
 from client_app.app import query as client_query
@@ -51,21 +51,6 @@ STATEFUL = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # fast: the strategy alone, hand-built replies
 
 
-class _FakeGrid:
-    def __init__(self, node_ids) -> None:
-        self._node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return list(self._node_ids)
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Instruction messages need run/node/task ids; restored after the test."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 77, 1, 5
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _initial_state() -> dict[str, torch.Tensor]:
@@ -108,7 +93,7 @@ def _new_strategy(name: str, round_offset: int):
 def _drive(strategy, arrays: ArrayRecord, num_rounds: int) -> ArrayRecord:
     """What Strategy.start does for the training part of `num_rounds` rounds (replies in reverse
     partition order; the strategy sorts them)."""
-    grid = _FakeGrid(NODE_OF_PARTITION.values())
+    grid = FakeGrid(NODE_OF_PARTITION.values())
     partition_of_node = {node: part for part, node in NODE_OF_PARTITION.items()}
     for server_round in range(1, num_rounds + 1):
         true_round = server_round + strategy.round_offset
