@@ -186,9 +186,37 @@ def plain_fedavg(settings, setup, num_rounds: int) -> tuple[list[float], torch.T
     return times, weight
 
 
-def flower_simulation(settings, resolved_yaml: str, output_dir: Path, backend_config: dict,
-                      pull_interval: float | None) -> dict:
-    """One run_simulation; returns wall time, per-round elapsed_s and file timestamps."""
+def flower_simulation(backend: str, settings, resolved_yaml: str, output_dir: Path, backend_config: dict,
+                      pull_interval: float | None, workers: int | None) -> dict:
+    """One run on `backend` (inline: initmatters.inline; ray: Flower's run_simulation); returns wall
+    time, per-round elapsed_s and file timestamps."""
+    called = time.time()
+    if backend == "inline":
+        from initmatters.inline import run_inline
+
+        run_inline(settings, resolved_yaml, output_dir, workers)
+    else:
+        ray_simulation(settings, resolved_yaml, output_dir, backend_config, pull_interval)
+    returned = time.time()
+    if not (output_dir / "summary.json").exists():
+        raise RuntimeError(f"the simulation did not complete: {output_dir}")
+    with open(output_dir / "rounds.csv", newline="") as handle:
+        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    return {
+        "called": called,
+        "returned": returned,
+        "elapsed": elapsed,  # round 0 .. R, seconds since the RoundLog started
+        "server_started": (output_dir / "config.yaml").stat().st_mtime,
+        "rounds_done": (output_dir / "model_final.pt").stat().st_mtime,
+        "summary_written": (output_dir / "summary.json").stat().st_mtime,
+        "server_wall_s": summary["wall_time_s"],
+    }
+
+
+def ray_simulation(settings, resolved_yaml: str, output_dir: Path, backend_config: dict,
+                   pull_interval: float | None) -> None:
+    """Flower's simulation engine: run_simulation with the project's ServerApp and ClientApp."""
     from flwr.simulation import run_simulation
 
     from client_app.app import app as client_app
@@ -209,28 +237,8 @@ def flower_simulation(settings, resolved_yaml: str, output_dir: Path, backend_co
                 grid.pull_interval = pull_interval
             run_federated(grid, settings, resolved_yaml, output_dir)
 
-    called = time.time()
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=settings.fl.num_clients,
-        backend_config=backend_config,
-    )
-    returned = time.time()
-    if not (output_dir / "summary.json").exists():
-        raise RuntimeError(f"the simulation did not complete: {output_dir}")
-    with open(output_dir / "rounds.csv", newline="") as handle:
-        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
-    summary = json.loads((output_dir / "summary.json").read_text())
-    return {
-        "called": called,
-        "returned": returned,
-        "elapsed": elapsed,  # round 0 .. R, seconds since the RoundLog started
-        "server_started": (output_dir / "config.yaml").stat().st_mtime,
-        "rounds_done": (output_dir / "model_final.pt").stat().st_mtime,
-        "summary_written": (output_dir / "summary.json").stat().st_mtime,
-        "server_wall_s": summary["wall_time_s"],
-    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
+                   backend_config=backend_config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +261,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="fl.num_rounds (default 30)")
     parser.add_argument("--clients", type=int, default=10, help="fl.num_clients, K (default 10)")
-    parser.add_argument("--local-steps", type=int, default=5, help="fl.local_steps, tau (default 5)")
+    parser.add_argument("--local-steps", type=int, default=10, help="fl.local_steps, tau (default 10)")
+    parser.add_argument("--backends", default="ray,inline",
+                        help="comma-separated backends to time, in this order (default ray,inline: the last one's "
+                             "ratio is the last line)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="inline backend: client worker processes (default: one per CPU, at most one per client)")
     parser.add_argument("--fraction", type=float, default=1.0, help="fl.fraction_train (default 1.0)")
     parser.add_argument("--warmup", type=int, default=3, help="first rounds left out of the steady state")
     parser.add_argument("--num-cpus", type=float, default=1.0,
@@ -301,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             "task_rpc_inlined_bytes_limit": max(args.inline_bytes, 10 * 2**20),
         }}
 
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = [name for name in backends if name not in ("inline", "ray")]
+    if unknown or not backends:
+        raise SystemExit(f"error: --backends={args.backends} is invalid: allowed a comma-separated list of inline, ray")
+
     sampler = MemorySampler()
     sampler.start()
     baseline_rss, _ = tree_rss(os.getpid())
@@ -312,11 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         times, plain_final = plain_fedavg(settings, setup, plain_rounds)
         plain_times += steady(times, args.warmup)
 
-    sampler.phase("flower")
-    with tempfile.TemporaryDirectory(prefix="round_overhead_") as scratch:
-        output_dir = (args.output_dir or Path(scratch) / "run").resolve()
-        flower = flower_simulation(settings, resolved_yaml, output_dir, backend_config, args.pull_interval)
-        flower_final = torch.load(output_dir / "model_final.pt", weights_only=True)["weight"]
+    runs = {}
+    for backend in backends:
+        sampler.phase(backend)
+        with tempfile.TemporaryDirectory(prefix="round_overhead_") as scratch:
+            output_dir = (args.output_dir / backend if args.output_dir else Path(scratch) / "run").resolve()
+            runs[backend] = flower_simulation(backend, settings, resolved_yaml, output_dir, backend_config,
+                                              args.pull_interval, args.workers)
+            runs[backend]["final"] = torch.load(output_dir / "model_final.pt", weights_only=True)["weight"]
 
     if not args.skip_plain:
         sampler.phase("plain-after")  # Ray's processes may still be exiting: not the plain loop's peak
@@ -324,50 +345,54 @@ def main(argv: list[str] | None = None) -> int:
         plain_times += steady(times, args.warmup)
     sampler.stop()
 
-    elapsed = flower["elapsed"]
-    round_times = [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)]
-    flower_steady = steady(round_times, args.warmup)
-    flower_median = statistics.median(flower_steady)
-    total_s = flower["returned"] - flower["called"]
-    round0_at = flower["rounds_done"] - (elapsed[-1] - elapsed[0])
-
     print()
     print(f"settings: K={settings.fl.num_clients} clients, {statistics.mean(sampled):g} sampled per round, "
           f"tau={settings.fl.local_steps}, d={settings.data.dim}, m={settings.model.filters_per_class}, "
           f"n={settings.data.samples_per_client}, rounds={settings.fl.num_rounds}, "
           f"noise_memorization={settings.log.noise_memorization}")
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads in driver), "
-          f"backend_config={backend_config}"
+    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads in driver); ray backend_config={backend_config}"
           + (f", grid pull_interval={args.pull_interval}" if args.pull_interval is not None else ""))
-    print(f"flower round (steady, rounds {args.warmup + 1}..{len(round_times)}): median {fmt_ms(flower_median)}, "
-          f"mean {fmt_ms(statistics.mean(flower_steady))}, min {fmt_ms(min(flower_steady))}, "
-          f"max {fmt_ms(max(flower_steady))}")
-    print(f"flower first rounds: {', '.join(f'{t * 1e3:.0f}' for t in round_times[: args.warmup])} ms")
-    print(f"flower start-up: {total_s - flower_median * settings.fl.num_rounds:.2f} s "
-          f"(run_simulation {total_s:.2f} s - {settings.fl.num_rounds} x steady round); "
-          f"call -> ServerApp start {flower['server_started'] - flower['called']:.2f} s, "
-          f"call -> round 0 evaluated {round0_at - flower['called']:.2f} s, "
-          f"results written -> return {flower['returned'] - flower['summary_written']:.2f} s")
-    peak_flower, procs_flower = sampler.peaks.get("flower", (0, 0))
-    print(f"peak memory (sum of RSS over the process tree): flower {fmt_mb(peak_flower)} "
-          f"({procs_flower} processes)"
-          + (f", plain {fmt_mb(sampler.peaks.get('plain', (0, 0))[0])}" if not args.skip_plain else "")
-          + f", before both {fmt_mb(baseline_rss)}; PSS (shared pages counted once): "
-          f"flower {fmt_mb(sampler.pss_peaks.get('flower', 0))}"
-          + (f", plain {fmt_mb(sampler.pss_peaks.get('plain', 0))}" if not args.skip_plain else ""))
-    per_client = flower_median / statistics.mean(sampled)
-    print(f"flower round per sampled client: {fmt_ms(per_client)}")
-    if args.skip_plain:
-        return 0
-    plain_median = statistics.median(plain_times)
-    print(f"plain round (steady, 2 x {plain_rounds - args.warmup} rounds): median {fmt_ms(plain_median)}, "
-          f"mean {fmt_ms(statistics.mean(plain_times))}, min {fmt_ms(min(plain_times))}, "
-          f"max {fmt_ms(max(plain_times))}")
-    if plain_rounds == settings.fl.num_rounds:
-        difference = float((flower_final - plain_final).abs().max())
-        print(f"final model, flower vs plain: max |difference| {difference:.3g}"
-              f"{' (bit-identical)' if torch.equal(flower_final, plain_final) else ''}")
-    print(f"flower/plain round-time ratio: {flower_median / plain_median:.2f}")
+    plain_median = statistics.median(plain_times) if plain_times else None
+    if plain_median is not None:
+        print(f"plain round (steady, 2 x {plain_rounds - args.warmup} rounds): median {fmt_ms(plain_median)}, "
+              f"mean {fmt_ms(statistics.mean(plain_times))}, min {fmt_ms(min(plain_times))}, "
+              f"max {fmt_ms(max(plain_times))}; peak RSS {fmt_mb(sampler.peaks.get('plain', (0, 0))[0])}, "
+              f"PSS {fmt_mb(sampler.pss_peaks.get('plain', 0))}")
+    ratios = {}
+    for backend, run in runs.items():
+        elapsed = run["elapsed"]
+        round_times = [b - a for a, b in zip(elapsed, elapsed[1:], strict=False)]
+        flower_steady = steady(round_times, args.warmup)
+        median = statistics.median(flower_steady)
+        total_s = run["returned"] - run["called"]
+        round0_at = run["rounds_done"] - (elapsed[-1] - elapsed[0])
+        peak, processes = sampler.peaks.get(backend, (0, 0))
+        print(f"[{backend}] round (steady, rounds {args.warmup + 1}..{len(round_times)}): median {fmt_ms(median)}, "
+              f"mean {fmt_ms(statistics.mean(flower_steady))}, min {fmt_ms(min(flower_steady))}, "
+              f"max {fmt_ms(max(flower_steady))}; per sampled client {fmt_ms(median / statistics.mean(sampled))}")
+        print(f"[{backend}] start-up and teardown: {total_s - median * settings.fl.num_rounds:.2f} s "
+              f"(wall {total_s:.2f} s - {settings.fl.num_rounds} x steady round); "
+              f"call -> round 0 evaluated {round0_at - run['called']:.2f} s, "
+              f"results written -> return {run['returned'] - run['summary_written']:.2f} s")
+        print(f"[{backend}] peak memory: RSS sum {fmt_mb(peak)} over {processes} processes, "
+              f"PSS {fmt_mb(sampler.pss_peaks.get(backend, 0))} (before both: RSS {fmt_mb(baseline_rss)})")
+        if plain_median is not None and plain_rounds == settings.fl.num_rounds:
+            difference = float((run["final"] - plain_final).abs().max())
+            print(f"[{backend}] final model vs plain: max |difference| {difference:.3g}"
+                  f"{' (bit-identical)' if torch.equal(run['final'], plain_final) else ''}")
+        if plain_median is not None:
+            ratios[backend] = median / plain_median
+    if len(runs) > 1:
+        first, *others = list(runs)
+        for other in others:
+            same = torch.equal(runs[first]["final"], runs[other]["final"])
+            print(f"final model, {first} vs {other}: {'bit-identical' if same else 'DIFFERENT'}")
+    for backend, ratio in ratios.items():
+        print(f"round-time ratio ({backend} / plain): {ratio:.2f}")
+    if ratios:
+        last = list(ratios)[-1]
+        print(f"round-time ratio: {ratios[last]:.2f}")
     return 0
 
 

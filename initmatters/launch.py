@@ -136,8 +136,9 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
     reaper.join(timeout=1.0)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (Linux prctl PR_SET_PDEATHSIG); called in a child
+    before exec, or first thing in a worker.
 
     A launcher that is SIGKILLed can stop nothing itself; its SuperLink and `flwr run` then stop
     themselves (and, through Flower's own parent monitors, what they started), so nothing listens
@@ -194,7 +195,7 @@ def managed_process(command: Sequence[str], env: Mapping[str, str], log_path: Pa
     try:
         process = subprocess.Popen(list(command), env=dict(env), stdout=log_handle,
                                    stderr=subprocess.STDOUT if log_handle else None,
-                                   start_new_session=True, cwd=cwd, preexec_fn=_die_with_parent)
+                                   start_new_session=True, cwd=cwd, preexec_fn=die_with_parent)
         try:
             yield process
         finally:

@@ -1,11 +1,14 @@
-"""Edge: run one experiment through `flwr run` on a private local simulation SuperLink.
+"""Edge: run one experiment on this machine (inline backend, default), on Flower's Ray simulation
+engine through `flwr run`, or on a Flower connection (e.g. a real deployment).
 
-    python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--connection NAME]
+    python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--backend inline|ray] [--connection NAME]
     initmatters-run [the same]
 
-Validates the settings first (a bad one fails in a second, before any start-up), sets the Flower
-environment, runs the app with one SuperNode per client, and exits 0 only if the run wrote its
-summary.json (plain `flwr run --stream` exits 0 even when the run failed).
+Validates the settings first (a bad one fails in a second, before any start-up) and exits 0 only
+if the run wrote its summary.json (plain `flwr run --stream` exits 0 even when the run failed).
+`--backend inline` runs the ServerApp here and the ClientApp in long-lived worker processes
+(initmatters.inline); `--backend ray` starts a private simulation SuperLink and `flwr run` with one
+SuperNode per client. Both give bit-identical results.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from initmatters_core.results import RunFiles, default_output_dir, lock_holder, 
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
 
+BACKENDS = ("inline", "ray")
 GROUPS = ("data", "model", "init", "heterogeneity", "fl", "strategy", "experiment", "debug")
 MAIN_SETTINGS = ("seed", "fl.num_rounds", "fl.num_clients", "fl.local_steps", "fl.lr", "heterogeneity.h",
                  "init.steps", "model.init_std", "data.dim")
@@ -53,19 +57,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. init=pretrained heterogeneity.h=1.0")
     parser.add_argument("--output-dir", type=Path, default=None, help="results folder (default: outputs/<date>/<time>)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="local simulation engine: inline (default; client worker processes, no Ray) or ray "
+                             "(Flower's simulation engine through `flwr run`: GPUs shared by Ray, Ray clusters)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="inline backend: client worker processes (default: one per CPU, at most one per "
+                             "client; 0 = clients run in this process)")
     parser.add_argument("--connection", default=None,
-                        help="a SuperLink connection of $FLWR_HOME/config.toml (default: a private local simulation)")
+                        help="a SuperLink connection of $FLWR_HOME/config.toml (default: a local simulation)")
     parser.add_argument("--flwr-home", type=Path, default=DEFAULT_FLWR_HOME,
                         help="FLWR_HOME (default: .flwr/ in the checkout)")
     parser.add_argument("--client-gpus", type=float, default=None,
-                        help="GPU share of each simulated client (e.g. 0.2 = five per GPU); default: 1/K of "
-                             "the GPU when fl.device is cuda or auto and a GPU is visible, else 0")
+                        help="ray backend: GPU share of each simulated client (e.g. 0.2 = five per GPU); default: "
+                             "1/K of the GPU when fl.device is cuda or auto and a GPU is visible, else 0")
     parser.add_argument("--cfg", choices=["job"], default=None,
                         help="print the resolved configuration and exit (nothing runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     if args.client_gpus is not None and not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
         parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers={args.workers} is invalid: allowed an integer >= 0")
+    if args.connection and args.backend:
+        parser.error(f"--backend={args.backend} does not apply with --connection (the connection's SuperLink "
+                     f"runs the clients): give one of them")
+    if args.connection is None and args.backend is None:
+        args.backend = "inline"
+    if args.workers is not None and args.backend != "inline":
+        parser.error(f"--workers={args.workers} applies to --backend inline only (the ray backend and a "
+                     f"connection place clients themselves)")
+    if args.client_gpus is not None and args.backend != "ray":
+        parser.error(f"--client-gpus={args.client_gpus:g} applies to --backend ray only (inline workers use "
+                     f"a GPU directly when fl.device asks for one)")
     return args
 
 
@@ -90,8 +113,19 @@ def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
         return None
 
 
+def gpu_note(settings: ExperimentSettings) -> str | None:
+    """A line for the user when fl.device asks for a GPU and none is visible (None otherwise)."""
+    if settings.fl.device not in ("cuda", "auto"):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return f"fl.device={settings.fl.device}: no GPU is visible here, the clients train on the CPU"
+
+
 def client_gpu_share(settings: ExperimentSettings, requested: float | None) -> tuple[float, str | None]:
-    """(GPU share per simulated client, a line to tell the user or None).
+    """Ray backend: (GPU share per simulated client, a line to tell the user or None).
 
     Ray hides GPUs from clients that ask for none, so fl.device=cuda|auto alone would train on the
     CPU in simulation: when a GPU is visible and no share was given, each client gets 1/K of it.
@@ -156,9 +190,42 @@ def _main(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    where = f"backend={args.backend}" if args.backend else f"connection={args.connection}"
     print(f"initmatters: {settings.fl.num_clients} clients, {settings.fl.num_rounds} rounds, "
           f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}, "
-          f"strategy={settings.strategy.name}; results -> {output_dir}", flush=True)
+          f"strategy={settings.strategy.name}, {where}; results -> {output_dir}", flush=True)
+    try:
+        if args.backend == "inline":
+            _run_inline(args, settings, resolved_yaml, output_dir)
+        else:
+            _run_with_flwr(args, settings, overrides, output_dir)
+    except Interrupted as stop:
+        files = RunFiles(output_dir)
+        resume = (f"; resume it with: {resume_command(overrides, output_dir)}" if files.interrupted()
+                  else " before its first checkpoint")
+        print(f"initmatters: stopped by {stop}; every process it started is stopped{resume}", file=sys.stderr)
+        return stop.exit_code
+    if not RunFiles(output_dir).finished():
+        print(f"error: the run did not finish (no summary.json in {output_dir}); see the log above", file=sys.stderr)
+        return 1
+    print(f"initmatters: finished; results in {output_dir}", flush=True)
+    return 0
+
+
+def _run_inline(args: argparse.Namespace, settings: ExperimentSettings, resolved_yaml: str,
+                output_dir: Path) -> None:
+    """The ServerApp in this process, the ClientApp in worker processes (initmatters.inline)."""
+    from initmatters.inline import run_inline
+
+    note = gpu_note(settings)
+    if note:
+        print(f"initmatters: {note}", flush=True)
+    run_inline(settings, resolved_yaml, output_dir, args.workers, env=flower_env(args.flwr_home.resolve()))
+
+
+def _run_with_flwr(args: argparse.Namespace, settings: ExperimentSettings, overrides: list[str],
+                   output_dir: Path) -> None:
+    """`flwr run` on a private simulation SuperLink (ray backend) or on args.connection."""
     flwr_home = args.flwr_home.resolve()
     run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
     if args.connection:
@@ -171,20 +238,8 @@ def _main(args: argparse.Namespace) -> int:
             print(f"initmatters: {note}", flush=True)
         federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
                              "client-resources-num-gpus": share}
-    try:
-        with superlink as env:
-            flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
-    except Interrupted as stop:
-        files = RunFiles(output_dir)
-        resume = (f"; resume it with: {resume_command(overrides, output_dir)}" if files.interrupted()
-                  else " before its first checkpoint")
-        print(f"initmatters: stopped by {stop}; every process it started is stopped{resume}", file=sys.stderr)
-        return stop.exit_code
-    if not RunFiles(output_dir).finished():
-        print(f"error: the run did not finish (no summary.json in {output_dir}); see the log above", file=sys.stderr)
-        return 1
-    print(f"initmatters: finished; results in {output_dir}", flush=True)
-    return 0
+    with superlink as env:
+        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
 
 
 if __name__ == "__main__":

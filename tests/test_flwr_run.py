@@ -40,7 +40,8 @@ def recount_misaligned(weight: torch.Tensor, signal: torch.Tensor) -> int:
 def pretrained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path, Path]:
     tmp_path = tmp_path_factory.mktemp("flwr-run")
     out = tmp_path / "results"
-    completed = launch(tmp_path, "debug=default", "init=pretrained", "fl.num_rounds=3", "--output-dir", str(out))
+    completed = launch(tmp_path, "debug=default", "init=pretrained", "fl.num_rounds=3", "--backend", "ray",
+                       "--output-dir", str(out))
     return completed, out, tmp_path / "flwr-home"
 
 
@@ -80,13 +81,18 @@ def test_flwr_run_leaves_no_process_behind(pretrained_run) -> None:
     assert processes_with_flwr_home(flwr_home) == []
 
 
-def test_failed_run_exits_non_zero(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("backend", "message"), [
+    ("ray", "error: the run did not finish (no summary.json in"),
+    ("inline", "error: round 0: the global model diverged (test_loss=nan"),
+])
+def test_failed_run_exits_non_zero(tmp_path: Path, backend: str, message: str) -> None:
     """A run that starts and then fails (weights near float32's limit overflow: the model diverges)."""
     out, huge = tmp_path / "results", tmp_path / "huge.pt"
     torch.save({"weight": torch.full((2, 4, 100), 3.0e38)}, huge)
-    completed = launch(tmp_path, "debug=default", "init=checkpoint", f"init.path={huge}", "--output-dir", str(out))
+    completed = launch(tmp_path, "debug=default", "init=checkpoint", f"init.path={huge}", "--output-dir", str(out),
+                       "--backend", backend)
     assert completed.returncode == 1
-    assert "did not finish" in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith(message), completed.stderr[-2000:]
     assert not (out / "summary.json").exists()
     assert processes_with_flwr_home(tmp_path / "flwr-home") == []
 

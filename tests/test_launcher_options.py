@@ -30,11 +30,25 @@ BAD = [
                          "or the name of a Flower connection"),
     ({"connection": "  "}, "hydra.launcher.connection='  ' is invalid: allowed null (the shared simulation) "
                            "or the name of a Flower connection"),
+    ({"backend": "dask"}, "hydra.launcher.backend='dask' is invalid: allowed inline|ray or null"),
+    ({"workers": -1}, "hydra.launcher.workers=-1 is invalid: allowed an integer >= 0 (0 = clients in the sweep "
+                      "process) or null (one per CPU)"),
+    ({"workers": 1.5}, "hydra.launcher.workers=1.5 is invalid: allowed an integer >= 0 (0 = clients in the sweep "
+                       "process) or null (one per CPU)"),
+    ({"backend": "ray", "connection": "deploy"}, "hydra.launcher.backend=ray does not apply with "
+                                                 "hydra.launcher.connection=deploy (the connection's SuperLink runs "
+                                                 "the clients): set one of them"),
+    ({"backend": "ray", "workers": 2}, "hydra.launcher.workers=2 applies to hydra.launcher.backend=inline only"),
+    ({"connection": "deploy", "workers": 2}, "hydra.launcher.workers=2 applies to hydra.launcher.backend=inline only"),
+    ({"client_num_cpus": 2}, "hydra.launcher.client_num_cpus=2 applies to hydra.launcher.backend=ray only"),
+    ({"client_num_gpus": 0.25}, "hydra.launcher.client_num_gpus=0.25 applies to hydra.launcher.backend=ray only "
+                                "(inline workers use a GPU directly when fl.device asks for one)"),
 ]
 
 
 def options(**changes: object) -> dict[str, object]:
-    values: dict[str, object] = {"connection": None, "client_num_cpus": 1, "client_num_gpus": 0.0}
+    values: dict[str, object] = {"connection": None, "client_num_cpus": 1, "client_num_gpus": 0.0, "backend": None,
+                                 "workers": None}
     values.update(changes)
     return values
 
@@ -44,8 +58,11 @@ def test_bad_option_is_named_with_its_allowed_values(changes: dict[str, object],
     assert launcher_option_problem(**options(**changes)) == message
 
 
-@pytest.mark.parametrize("changes", [{}, {"client_num_cpus": 2}, {"client_num_gpus": 0.25}, {"client_num_gpus": 1},
-                                     {"client_num_gpus": 2.0}, {"connection": "deploy"}])
+@pytest.mark.parametrize("changes", [
+    {}, {"backend": "inline"}, {"workers": 0}, {"workers": 3}, {"backend": "inline", "workers": 1}, {"backend": "ray"},
+    {"backend": "ray", "client_num_cpus": 2}, {"backend": "ray", "client_num_gpus": 0.25},
+    {"backend": "ray", "client_num_gpus": 1}, {"backend": "ray", "client_num_gpus": 2.0}, {"connection": "deploy"},
+])
 def test_good_options_pass(changes: dict[str, object]) -> None:
     assert launcher_option_problem(**options(**changes)) is None
 
@@ -72,6 +89,7 @@ def test_config_node_declares_the_gpu_share_with_default_zero() -> None:
     assert node.client_num_gpus == 0.0
     assert node.client_num_cpus == 1
     assert node.connection is None
+    assert node.backend is None and node.workers is None  # null: inline, one worker per CPU
 
 
 def test_sweep_command_exits_2_with_one_line(tmp_path: Path) -> None:

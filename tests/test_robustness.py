@@ -177,10 +177,11 @@ def test_cfg_job_prints_the_resolved_config_and_starts_nothing(tmp_path: Path, c
 # --- slow: the real launcher under SIGTERM and SIGKILL --------------------------------------------
 
 
-def _start_run(tmp_path: Path, *overrides: str) -> tuple[subprocess.Popen, Path, Path]:
+def _start_run(tmp_path: Path, backend: str, *overrides: str) -> tuple[subprocess.Popen, Path, Path]:
+    """The launcher on `backend`; every process it starts carries FLWR_HOME=<tmp_path>/flwr-home."""
     flwr_home, out, log = tmp_path / "flwr-home", tmp_path / "out", tmp_path / "run.log"
     command = [sys.executable, "-m", "initmatters.run", "debug=default", "fl.num_rounds=200", *overrides,
-               "--output-dir", str(out), "--flwr-home", str(flwr_home)]
+               "--output-dir", str(out), "--flwr-home", str(flwr_home), "--backend", backend]
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -201,9 +202,11 @@ def _first_round_done(out: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_stop_signal_stops_the_whole_tree_and_says_how_to_resume(tmp_path: Path, sig: int, code: int) -> None:
-    process, flwr_home, log = _start_run(tmp_path)
+@pytest.mark.parametrize(("sig", "code", "backend"), [(signal.SIGTERM, 143, "inline"), (signal.SIGHUP, 129, "inline"),
+                                                      (signal.SIGTERM, 143, "ray")])
+def test_stop_signal_stops_the_whole_tree_and_says_how_to_resume(tmp_path: Path, sig: int, code: int,
+                                                                 backend: str) -> None:
+    process, flwr_home, log = _start_run(tmp_path, backend)
     try:
         _wait_for(lambda: _first_round_done(tmp_path / "out"), START_TIMEOUT_S, "the first checkpoint")
         process.send_signal(sig)
@@ -219,15 +222,16 @@ def test_stop_signal_stops_the_whole_tree_and_says_how_to_resume(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_children_of_a_sigkilled_launcher_stop_themselves(tmp_path: Path) -> None:
-    process, flwr_home, _ = _start_run(tmp_path)
+@pytest.mark.parametrize("backend", ["inline", "ray"])
+def test_children_of_a_sigkilled_launcher_stop_themselves(tmp_path: Path, backend: str) -> None:
+    process, flwr_home, _ = _start_run(tmp_path, backend)
     try:
         _wait_for(lambda: _first_round_done(tmp_path / "out"), START_TIMEOUT_S, "the first checkpoint")
         assert processes_with_flwr_home(flwr_home)
         process.kill()
         process.wait(timeout=30)
         _wait_for(lambda: not processes_with_flwr_home(flwr_home), 120,
-                  "the SuperLink and its children to stop after their launcher died")
+                  "the launcher's children (SuperLink, client workers) to stop after their launcher died")
     finally:
         terminate_pids([process.pid, *processes_with_flwr_home(flwr_home)], timeout=10.0)
 
@@ -280,3 +284,26 @@ def test_ray_startup_timeout_is_recognised_through_the_exception_chain() -> None
     except RuntimeError as outer:
         assert ray_startup_timed_out(outer)
     assert not ray_startup_timed_out(RuntimeError("round 2: none of the 2 scheduled clients replied"))
+
+
+# --- backends: each option applies to the engine it names ----------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--workers", "2", "--backend", "ray"], "--workers=2 applies to --backend inline only"),
+    (["--workers", "2", "--connection", "deploy"], "--workers=2 applies to --backend inline only"),
+    (["--client-gpus", "0.5"], "--client-gpus=0.5 applies to --backend ray only"),
+    (["--backend", "ray", "--connection", "deploy"], "--backend=ray does not apply with --connection"),
+    (["--workers", "-1"], "--workers=-1 is invalid: allowed an integer >= 0"),
+])
+def test_run_options_for_another_engine_are_refused_with_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_run_defaults_to_the_inline_backend_only_without_a_connection() -> None:
+    assert run.parse_args([]).backend == "inline"
+    assert run.parse_args(["--connection", "deploy"]).backend is None
+    assert run.parse_args(["--backend", "ray", "--client-gpus", "0.25"]).client_gpus == 0.25

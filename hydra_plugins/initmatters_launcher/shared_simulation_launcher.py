@@ -1,13 +1,15 @@
-"""Hydra launcher that runs a whole multirun over one Flower simulation.
+"""Hydra launcher that runs a whole multirun over one set of simulated clients.
 
 (No `from __future__ import annotations` here: Hydra loads plugin modules in a way that
 breaks dataclasses with string annotations.)
 
-Flower's run_simulation starts (and shuts down) Ray on every call, ~8 s here. Clients of this
-project are stateless (each message carries the run's settings), so consecutive experiments can
-share one set of simulated SuperNodes: this launcher starts one simulation per distinct
-`fl.num_clients` and its ServerApp runs every job of the sweep on the same grid, each through
-Hydra's own `run_job` (job folders, .hydra/ files, output_dir as usual).
+Clients of this project are stateless (each message carries the run's settings), so consecutive
+experiments can share one set of simulated SuperNodes, and every job runs through Hydra's own
+`run_job` (job folders, .hydra/ files, output_dir as usual). Two engines (hydra.launcher.backend):
+inline (default): the client worker processes of initmatters.inline are started once and serve
+every job (no Ray, no polling); ray: one Flower simulation (Ray) per distinct `fl.num_clients`,
+its ServerApp running every job on the same grid (Flower's run_simulation starts Ray on every
+call, ~8 s here). Results are bit-identical across the two.
 
 It also makes sweeps livable: a progress line per job (done/total, time left), a failing job is
 reported with its overrides and the others go on, and a job whose folder already holds a
@@ -16,14 +18,16 @@ With `hydra.launcher.connection=<name>` every job goes through `flwr run` to tha
 connection instead (e.g. a real deployment).
 
 Options (hydra.launcher.*), checked before anything starts (a bad one: a one-line error, exit 2):
-connection (a Flower connection name, or null for the shared simulation), client_num_cpus (Ray
-CPUs per simulated client, a positive integer), client_num_gpus (per-client GPU resources for
-simulation: Ray's GPU share per simulated client, a number >= 0, e.g. 0.25 puts four clients on a
-GPU; 0 = CPU only), quiet_flower.
+backend (inline|ray; null = inline, or the connection when one is given), workers (inline: client
+worker processes, null = one per CPU, 0 = clients in the sweep process), connection (a Flower
+connection name, or null for the shared simulation), client_num_cpus (ray: Ray CPUs per simulated
+client, a positive integer), client_num_gpus (ray: Ray's GPU share per simulated client, a number
+>= 0, e.g. 0.25 puts four clients on a GPU; 0 = CPU only), quiet_flower.
 """
 
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -47,12 +51,17 @@ REPLY_POLL_S = 0.01
 RAY_INLINE_BYTES = 1 << 20
 
 
+BACKENDS = ("inline", "ray")
+
+
 @dataclass
 class SharedSimulationLauncherConf:
     _target_: str = "hydra_plugins.initmatters_launcher.shared_simulation_launcher.SharedSimulationLauncher"
-    connection: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)  a Flower connection name: run each job with `flwr run` there
-    client_num_cpus: int = 1  # Ray CPUs per simulated client (1 = one actor per core)
-    client_num_gpus: float = 0.0  # per-client GPU resources for simulation (Ray GPU share; 0 = none)
+    backend: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)  inline|ray; null = inline (or the connection)
+    workers: Optional[int] = None  # noqa: UP045  inline: client worker processes; null = one per CPU, 0 = in-process
+    connection: Optional[str] = None  # noqa: UP045  a Flower connection name: run each job with `flwr run` there
+    client_num_cpus: int = 1  # ray: Ray CPUs per simulated client (1 = one actor per core)
+    client_num_gpus: float = 0.0  # ray: per-client GPU resources for simulation (Ray GPU share; 0 = none)
     quiet_flower: bool = True  # hide Flower's per-round INFO logs (the launcher prints per job)
 
 
@@ -61,8 +70,15 @@ ConfigStore.instance().store(
 )
 
 
-def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gpus: Any) -> str | None:
-    """The one-line problem with the launcher options (None if they are fine)."""
+def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gpus: Any, backend: Any = None,
+                            workers: Any = None) -> str | None:
+    """The one-line problem with the launcher options (None if they are fine): each value in its
+    range, and each option applying to the engine that runs the jobs."""
+    if backend is not None and backend not in BACKENDS:
+        return f"hydra.launcher.backend={backend!r} is invalid: allowed {'|'.join(BACKENDS)} or null"
+    if workers is not None and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        return (f"hydra.launcher.workers={workers!r} is invalid: allowed an integer >= 0 (0 = clients in the sweep "
+                f"process) or null (one per CPU)")
     if not (isinstance(client_num_cpus, int) and not isinstance(client_num_cpus, bool) and client_num_cpus >= 1):
         return f"hydra.launcher.client_num_cpus={client_num_cpus} is invalid: allowed a positive integer"
     if not (isinstance(client_num_gpus, int | float) and not isinstance(client_num_gpus, bool)
@@ -72,6 +88,17 @@ def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gp
     if not (connection is None or (isinstance(connection, str) and connection.strip())):
         return (f"hydra.launcher.connection={connection!r} is invalid: allowed null (the shared simulation) "
                 f"or the name of a Flower connection")
+    if connection is not None and backend is not None:
+        return (f"hydra.launcher.backend={backend} does not apply with hydra.launcher.connection={connection} "
+                f"(the connection's SuperLink runs the clients): set one of them")
+    engine = "connection" if connection is not None else backend or "inline"
+    if workers is not None and engine != "inline":
+        return f"hydra.launcher.workers={workers} applies to hydra.launcher.backend=inline only"
+    if engine == "inline" and client_num_cpus != 1:
+        return f"hydra.launcher.client_num_cpus={client_num_cpus} applies to hydra.launcher.backend=ray only"
+    if engine == "inline" and client_num_gpus != 0:
+        return (f"hydra.launcher.client_num_gpus={client_num_gpus:g} applies to hydra.launcher.backend=ray only "
+                f"(inline workers use a GPU directly when fl.device asks for one)")
     return None
 
 
@@ -125,9 +152,11 @@ class _Progress:
 
 
 class SharedSimulationLauncher(Launcher):
-    def __init__(self, connection: str | None = None, client_num_cpus: int = 1, client_num_gpus: float = 0.0,
-                 quiet_flower: bool = True) -> None:
+    def __init__(self, backend: str | None = None, workers: int | None = None, connection: str | None = None,
+                 client_num_cpus: int = 1, client_num_gpus: float = 0.0, quiet_flower: bool = True) -> None:
         super().__init__()
+        self.backend = backend
+        self.workers = workers
         self.connection = connection
         self.client_num_cpus = client_num_cpus
         self.client_num_gpus = client_num_gpus
@@ -142,7 +171,8 @@ class SharedSimulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus)
+        problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus, self.backend,
+                                          self.workers)
         if problem:  # before any start-up, like a bad experiment setting
             print(f"error: {problem}", file=sys.stderr, flush=True)
             raise SystemExit(2)
@@ -159,6 +189,9 @@ class SharedSimulationLauncher(Launcher):
             if job.error or job.finished_before:
                 returns[job.index] = self._settled(job, progress)
         pending = [job for job in jobs if job.index not in returns]
+        if pending and self.connection is None and (self.backend or "inline") == "inline":
+            returns.update(self._run_inline(pending, progress))
+            pending = []
         for num_clients in sorted({job.settings.fl.num_clients for job in pending}):
             group = [job for job in pending if job.settings.fl.num_clients == num_clients]
             if self.connection:
@@ -264,6 +297,19 @@ class SharedSimulationLauncher(Launcher):
                 returns[job.index] = self._job_return(
                     job, JobStatus.FAILED, SweepJobFailed(self._failure(job, "the shared simulation stopped early")))
         return returns
+
+    def _run_inline(self, jobs: list[_Job], progress: _Progress) -> dict[int, JobReturn]:
+        """Run every job on one set of inline client workers (initmatters.inline), one after another."""
+        from initmatters.inline import InlineGrid, client_runner, default_workers, take_server_identity
+        from initmatters.launch import FLOWER_ENV
+
+        largest = max(job.settings.fl.num_clients for job in jobs)
+        workers = default_workers(largest) if self.workers is None else self.workers
+        print(f"[sweep] {workers} client worker process(es) for {len(jobs)} jobs (backend=inline)", flush=True)
+        take_server_identity()
+        with client_runner(workers, env={**FLOWER_ENV, **os.environ}) as runner:
+            return {job.index: self._run_job_on_grid(job, InlineGrid(runner, job.settings.fl.num_clients), progress)
+                    for job in jobs}
 
     def backend_config(self) -> dict[str, Any]:
         """run_simulation's backend_config: Ray resources per simulated client, transport settings."""
