@@ -282,10 +282,14 @@ def _json_default(value: Any) -> Any:
 
 
 class RoundLog:
-    """Collects one row per round, rewrites rounds.csv atomically and reports progress.
+    """Collects one row per round, writes rounds.csv and reports progress.
 
     Train-side metrics (client losses, alignment) arrive via `add_train`; the server's central
     evaluation via `add_eval`, which closes the round's row. Round 0 is the initial model.
+    The first row written (and every row already in `rows`, e.g. a resumed run's) rewrites the
+    file atomically; later rows are appended (no rewrite, no fsync per round); `finish` rewrites it
+    once more, atomically and synced. A crash can leave rows after the last checkpoint: a resume
+    rewrites the file from the checkpoint's rows.
     """
 
     def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None], columns: Sequence[str],
@@ -299,6 +303,7 @@ class RoundLog:
         self._clock = clock
         self._start = clock()
         self._progress_metric = progress_metric
+        self._written = False
 
     def add_train(self, server_round: int, metrics: Mapping[str, Any]) -> None:
         self._pending.setdefault(server_round, {}).update(
@@ -309,9 +314,18 @@ class RoundLog:
         row = {**self._pending.pop(server_round, {}), **metrics, "round": server_round,
                "elapsed_s": round(elapsed, 3)}
         self.rows.append(row)
-        write_text_atomic(self.path, rounds_csv_text(self.rows, self.columns))
+        if self._written:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(rounds_csv_text([row], self.columns).split("\n", 1)[1])
+        else:
+            self.finish()
+            self._written = True
         self._report(self._progress(row, elapsed))
         return row
+
+    def finish(self) -> None:
+        """Rewrite rounds.csv with every row, atomically and synced."""
+        write_text_atomic(self.path, rounds_csv_text(self.rows, self.columns))
 
     def _progress(self, row: Mapping[str, Any], elapsed: float) -> str:
         done = int(row["round"])

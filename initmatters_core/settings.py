@@ -200,11 +200,13 @@ class LogSettings:
 
     noise_memorization: bool  # clients report rho statistics (needs w(0) in each message)
     plots: bool
+    checkpoint_every: int  # write the resume checkpoint every k rounds (and always when a run stops early)
 
     def validate(self) -> None:
         require(isinstance(self.noise_memorization, bool), "log.noise_memorization", self.noise_memorization,
                 "true|false")
         require(isinstance(self.plots, bool), "log.plots", self.plots, "true|false")
+        positive_int("log.checkpoint_every", self.checkpoint_every)
 
 
 @dataclass(frozen=True)

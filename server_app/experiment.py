@@ -7,6 +7,7 @@ measurements (test error and alignment, logged by evaluate_fn every round); the 
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -21,11 +22,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from initmatters.protocol import arrays_to_state, settings_to_config, state_to_arrays
-from initmatters_core.plots import plot_run
 from initmatters_core.results import (
     RoundLog,
     RunFiles,
     RunLock,
+    cpu_state,
     output_dir_problem,
     save_state,
     save_tensor_atomic,
@@ -71,7 +72,8 @@ def run_federated(
 ) -> dict[str, Any]:
     """Run one experiment on the connected SuperNodes and write the results contract.
 
-    checkpoint: write <output_dir>/checkpoint/checkpoint.pt after every round.
+    checkpoint: write <output_dir>/checkpoint/checkpoint.pt every log.checkpoint_every rounds, and
+        for the last completed round when the run stops early (a signal, an error).
     resume: continue from that checkpoint (same settings) instead of starting at round 0.
     The folder is locked while the run writes it (a second run on it fails at once).
     """
@@ -141,6 +143,14 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
     if saved:
         strategy.load_server_state(saved["server_state"])
 
+    unsaved: dict[str, Any] = {}  # the last completed round's checkpoint, while not yet written
+
+    def write_checkpoint() -> None:
+        if unsaved:
+            save_checkpoint(files, unsaved["round"], unsaved["state"], setup.init_state,
+                            log_rounds.rows[:unsaved["rows"]], resolved_config_yaml, unsaved["server_state"])
+            unsaved.clear()
+
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """The global model's test error and alignment; closes the round's row and checkpoints."""
         if server_round == 0 and saved:
@@ -156,10 +166,31 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
                                f"or the strategy's server learning rate)")
         log_rounds.add_eval(true_round, metrics)
         if checkpoint:
-            save_checkpoint(files, true_round, global_state, setup.init_state, log_rounds.rows,
-                            resolved_config_yaml, strategy.server_state())
+            unsaved.update(round=true_round, state=cpu_state(global_state), rows=len(log_rounds.rows),
+                           server_state=copy.deepcopy(strategy.server_state()))
+            if true_round % settings.log.checkpoint_every == 0:
+                write_checkpoint()
         return MetricRecord(metrics)
 
+    try:
+        summary = _train_and_finish(strategy, grid, settings, setup, files, log_rounds, saved, start_round,
+                                    started, evaluate)
+    except BaseException:  # a signal or an error: keep the last completed round resumable
+        write_checkpoint()
+        raise
+    shutil.rmtree(files.checkpoint_dir, ignore_errors=True)  # redundant once the run is complete
+    final_row = log_rounds.rows[-1]
+    alignment = (f", misaligned {log_rounds.rows[0]['misaligned']} -> {final_row['misaligned']}"
+                 if "misaligned" in final_row else "")
+    report(f"done: test_error {final_row['test_error']:.4f}{alignment} in {summary['wall_time_s']:.1f}s; "
+           f"results in {files.root}")
+    return summary
+
+
+def _train_and_finish(strategy: Any, grid: Grid, settings: ExperimentSettings, setup: Any, files: RunFiles,
+                      log_rounds: RoundLog, saved: Mapping[str, Any] | None, start_round: int, started: float,
+                      evaluate: Callable[[int, ArrayRecord], MetricRecord | None]) -> dict[str, Any]:
+    """The remaining rounds, then model_final.pt, plots and summary.json (written last)."""
     initial_arrays = state_to_arrays(saved["state"] if saved else setup.init_state)
     rounds_left = settings.fl.num_rounds - start_round
     result = strategy.start(
@@ -169,6 +200,7 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
         train_config=ConfigRecord(settings_to_config(client_settings(settings))),
         evaluate_fn=evaluate,
     )
+    log_rounds.finish()
     final_arrays = result.arrays if len(result.arrays) else initial_arrays
     if rounds_left and not len(result.arrays):
         raise RuntimeError("no round produced a global model: every client failed (see the log)")
@@ -176,16 +208,12 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
 
     plots = []
     if settings.log.plots:
+        from initmatters_core.plots import plot_run  # matplotlib: about a second to import, only when drawing
+
         title = f"init={settings.init.name}, {settings.heterogeneity.name}, realised h={setup.realised_h:.2f}"
         drawn = plot_run(files.rounds, files.plots, title, partition_json=files.partition)
         plots = [str(path.relative_to(files.root)) for path in drawn]
     summary = run_summary(settings, setup, log_rounds.rows, start_round if saved else None,
                           time.monotonic() - started, plots)
     write_json_atomic(files.summary, summary)  # last: its presence marks a complete run
-    shutil.rmtree(files.checkpoint_dir, ignore_errors=True)  # redundant once the run is complete
-    final_row = log_rounds.rows[-1]
-    alignment = (f", misaligned {log_rounds.rows[0]['misaligned']} -> {final_row['misaligned']}"
-                 if "misaligned" in final_row else "")
-    report(f"done: test_error {final_row['test_error']:.4f}{alignment} in {summary['wall_time_s']:.1f}s; "
-           f"results in {files.root}")
     return summary

@@ -54,7 +54,7 @@ def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, 
         "heterogeneity": {"alpha": None, "classes_per_client": None, "min_partition_size": None,
                           "name": scheme, "h": h if scheme == "label_skew" else None},
         "init": init_section,
-        "log": {"noise_memorization": True, "plots": True},
+        "log": {"noise_memorization": True, "plots": True, "checkpoint_every": 10},
         "model": {"filters_per_class": 20, "init_std": init_std, "name": "two_layer_cnn"},
     }
 
