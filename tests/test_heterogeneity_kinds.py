@@ -20,7 +20,13 @@ from initmatters_core.seeding import Stream, numpy_rng
 from initmatters_core.settings import HeterogeneitySettings, SettingError
 from initmatters_core.tasks.synthetic.data import NOISE_PATCH, SIGNAL_PATCH, signal_vector
 from initmatters_core.tasks.synthetic.partition import client_dataset, measure_skews, partition_true_labels
-from initmatters_core.tasks.synthetic.regime import one_step_flip_ratio, regime_warnings, skew_regime_facts
+from initmatters_core.tasks.synthetic.regime import (
+    one_step_flip_ratio,
+    regime_facts,
+    regime_line,
+    regime_warnings,
+    skew_regime_facts,
+)
 from initmatters_core.tasks.synthetic.settings import DataSettings
 from initmatters_core.tasks.synthetic.skew import SkewKind, all_client_skews, skew_factors, standardised_spacing
 from initmatters_core.tasks.synthetic.task import (
@@ -262,6 +268,8 @@ def test_skew_regime_facts_by_hand() -> None:
     assert facts["overfit_measure_client_min"] == pytest.approx(min(per_client), rel=1e-12)
     assert facts["overfit_measure_client_max"] == pytest.approx(max(per_client), rel=1e-12)
     assert skew_regime_facts(settings, [1.0] * 10, [1.0] * 10) == {}
+    line = regime_line({**regime_facts(settings), **facts})
+    assert line.startswith(regime_line(regime_facts(settings)) + "; over the skewed clients: one_step_flip_ratio >= ")
     strong = {"one_step_flip_ratio": 2.0, "one_step_flip_ratio_min": 0.8}
     assert regime_warnings(strong)[0].startswith("one_step_flip_ratio_min=0.8 < 1: on the client with the strongest")
     assert one_step_flip_ratio(0.1, 1.5 * 2.0, 0.5, 20) == pytest.approx(one_step_flip_ratio(0.1, 1.5, 0.5, 20) / 2)
