@@ -14,10 +14,12 @@ and loss, the misaligned filters at round 0 and at the end, the realised h, and 
 heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with the same other
 settings and the same seed; for dirichlet and pathological runs, test_error minus that of the iid
 run with the same other settings and seed (the IID vs non-IID gap of the paper's practical
-experiments); blank where no such partner exists. Where the final row has pop_test_error (the
-synthetic task's population test error, data.population_samples > 0), the same statistics and the
-penalty are also given for it (pop_test_error, pop_heterogeneity_penalty), next to the
-finite-test-set ones.
+experiments); blank where no such partner exists. The partner has no noise or signal skew (the
+synthetic task's skews beyond labels), so a skewed run's penalty is against the unskewed run;
+where some configuration asks for a skew, the realised skews (summary.json facts) are tabulated
+too. Where the final row has pop_test_error (the synthetic task's population test error,
+data.population_samples > 0), the same statistics and the penalty are also given for it
+(pop_test_error, pop_heterogeneity_penalty), next to the finite-test-set ones.
 
 Everything is written atomically (temporary file + rename) into --out (default: the sweep
 folder): summary.csv, summary.md and figures/*.png.
@@ -94,6 +96,13 @@ PENALTIES = {"heterogeneity_penalty": "test_error", "pop_heterogeneity_penalty":
 PER_RUN_METRICS = tuple(stem for stem, _, _ in METRICS if stem not in PENALTIES)
 # Shown in summary.md only where some configuration has a value (the synthetic task's population error).
 OPTIONAL_METRICS = ("pop_test_error", "pop_heterogeneity_penalty")
+# The synthetic task's skews beyond labels: setting -> the realised measure (summary.json facts).
+SKEW_KEYS = {"heterogeneity.noise_skew": "realised_noise_skew", "heterogeneity.signal_skew": "realised_signal_skew"}
+# Their statistics, in summary.csv and summary.md (after realised h) only where some configuration asks for a skew.
+SKEW_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("realised_noise_skew", "realised noise skew", 4),
+    ("realised_signal_skew", "realised signal skew", 4),
+)
 
 FIGURE_FILES = {
     "test_error_vs_h": "test_error_vs_h.png",
@@ -121,6 +130,8 @@ class Run:
     misaligned_final: float
     realised_h: float
     wall_time_s: float
+    realised_noise_skew: float = math.nan  # summary.json facts (synthetic task); NaN where not recorded
+    realised_signal_skew: float = math.nan
 
     @property
     def seed(self) -> Any:
@@ -205,6 +216,7 @@ def _load_run(directory: Path) -> Run:
     final = summary.get("final") or (rounds[-1] if rounds else {})
     first = next((row for row in rounds if row.get("round") == 0), None)
     misaligned_init = first["misaligned"] if first is not None else summary.get("initial_misaligned")
+    facts = summary.get("facts") if isinstance(summary.get("facts"), Mapping) else {}
     return Run(
         path=directory,
         settings=flatten_settings(summary["settings"]),
@@ -216,6 +228,7 @@ def _load_run(directory: Path) -> Run:
         misaligned_final=_number(final.get("misaligned")),
         realised_h=_number(summary.get("realised_h")),
         wall_time_s=_number(summary.get("wall_time_s")),
+        **{stem: _number(facts.get(stem)) for stem, _, _ in SKEW_METRICS},
     )
 
 
@@ -288,7 +301,7 @@ def summarize(groups: Sequence[Group], keys: Sequence[str] | None = None) -> lis
         row: dict[str, Any] = {k: group.settings.get(k) for k in keys}
         row["n_seeds"] = len(group.runs)
         row["seeds"] = " ".join(str(run.seed) for run in group.runs)
-        for stem in PER_RUN_METRICS:
+        for stem in (*PER_RUN_METRICS, *(stem for stem, _, _ in SKEW_METRICS)):
             row[f"{stem}_mean"], row[f"{stem}_std"] = mean_std([run.metric(stem) for run in group.runs])
         for stem, metric in PENALTIES.items():
             penalties = heterogeneity_penalties(group, index, metric)
@@ -300,14 +313,16 @@ def summarize(groups: Sequence[Group], keys: Sequence[str] | None = None) -> lis
 
 def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group], metric: str = "test_error") -> list[float]:
     """`metric` (a per-run error) minus the partner's per seed: the label_skew h=0 configuration
-    with the same other settings (label_skew), or the iid one (dirichlet, pathological); empty
-    without one or where either value is missing."""
+    with the same other settings (label_skew), or the iid one (dirichlet, pathological), in both
+    cases without noise or signal skew; empty without one or where either value is missing."""
     scheme = group.settings.get(SCHEME_KEY)
+    unskewed = {k: 0.0 for k in SKEW_KEYS if k in group.settings}  # summaries older than the skews lack them
     if scheme == "label_skew" and group.settings.get(H_KEY) is not None:
-        partner = index.get(_freeze({**group.settings, H_KEY: 0.0}))
+        partner = index.get(_freeze({**group.settings, H_KEY: 0.0, **unskewed}))
     elif scheme in ("dirichlet", "pathological"):
-        unset = {k: None for k in group.settings if k.startswith(HETEROGENEITY_PREFIX)}  # iid has no options
-        partner = index.get(_freeze({**group.settings, **unset, SCHEME_KEY: "iid"}))
+        # iid has no label options
+        unset = {k: None for k in group.settings if k.startswith(HETEROGENEITY_PREFIX) and k not in SKEW_KEYS}
+        partner = index.get(_freeze({**group.settings, **unset, SCHEME_KEY: "iid", **unskewed}))
     else:
         return []
     if partner is None:
@@ -332,18 +347,32 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 # Tables
 
 
-def summary_columns(keys: Sequence[str]) -> list[str]:
+def table_metrics(skewed: bool = False) -> tuple[tuple[str, str, int], ...]:
+    """METRICS, with SKEW_METRICS after realised h when `skewed` (some configuration asks for a skew)."""
+    if not skewed:
+        return METRICS
+    after = [stem for stem, _, _ in METRICS].index("realised_h") + 1
+    return (*METRICS[:after], *SKEW_METRICS, *METRICS[after:])
+
+
+def asks_for_skew(groups: Sequence[Group]) -> bool:
+    """Whether some configuration has a nonzero heterogeneity.noise_skew or signal_skew."""
+    return any(group.settings.get(key) for group in groups for key in SKEW_KEYS)
+
+
+def summary_columns(keys: Sequence[str], skewed: bool = False) -> list[str]:
     columns = [*keys, "n_seeds", "seeds"]
-    for stem, _, _ in METRICS:
+    for stem, _, _ in table_metrics(skewed):
         columns += [f"{stem}_mean", f"{stem}_std"]
     return [*columns, *(f"{stem}_n" for stem in PENALTIES)]
 
 
-def render_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
-    """summary.csv text: blank cells for missing/NaN, repr-exact floats."""
+def render_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], skewed: bool = False) -> str:
+    """summary.csv text: blank cells for missing/NaN, repr-exact floats; the realised skews' columns
+    when `skewed`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    columns = summary_columns(keys)
+    columns = summary_columns(keys, skewed)
     writer.writerow(columns)
     for row in rows:
         writer.writerow([format_cell(row.get(column)) for column in columns])
@@ -364,14 +393,15 @@ def format_mean_std(mean: float, std: float, decimals: int, signed: bool = False
 def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
                     unfinished: Sequence[Unfinished] = (), *, title: str = "Sweep summary",
                     source: str = "", n_runs: int | None = None,
-                    figures: Sequence[str] = (), notes: Sequence[str] = ()) -> str:
-    """summary.md: the per-configuration table (mean ± std over seeds), unfinished runs, figures."""
+                    figures: Sequence[str] = (), notes: Sequence[str] = (), skewed: bool = False) -> str:
+    """summary.md: the per-configuration table (mean ± std over seeds), unfinished runs, figures;
+    the realised skews' columns when `skewed`."""
     n_runs = sum(int(row["n_seeds"]) for row in rows) if n_runs is None else n_runs
     lines = [f"# {title}", ""]
     where = f" in `{source}`" if source else ""
     lines += [f"{n_runs} finished runs{where}, {len(rows)} configurations; "
               "cells are mean ± std over seeds (sample std, n - 1; the mean alone for one seed).", ""]
-    metrics = [metric for metric in METRICS if metric[0] not in OPTIONAL_METRICS
+    metrics = [metric for metric in table_metrics(skewed) if metric[0] not in OPTIONAL_METRICS
                or any(not math.isnan(row.get(f"{metric[0]}_mean", math.nan)) for row in rows)]
     headers = [*keys, "n_seeds", *(header for _, header, _ in metrics)]
     lines.append("| " + " | ".join(headers) + " |")
@@ -385,7 +415,12 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
     lines += ["", "Heterogeneity penalty: test_error(h) - test_error(h=0) of the label_skew run with "
               "the same other settings and seed (dirichlet/pathological: minus the iid run's), over the "
               "seeds that have such a partner; blank without a partner."]
-    if len(metrics) > len(METRICS) - len(OPTIONAL_METRICS):
+    if skewed:
+        lines.append("Noise and signal skew (synthetic task): the partner has no skew either, so the penalty of a "
+                     "skewed run is against the h=0, unskewed run. Realised noise (signal) skew: std over clients "
+                     "of log(measured noise level / sigma_p) (log(measured signal norm / ||mu||)) of the data the "
+                     "clients trained on.")
+    if any(metric[0] in OPTIONAL_METRICS for metric in metrics):
         lines.append("Population test error: the synthetic task's pop_test_error (clean labels, Monte-Carlo "
                      "estimate of the population value, data.population_samples); its penalty is paired "
                      "the same way.")
@@ -430,6 +465,8 @@ def format_setting(value: Any) -> str:
 # How a setting reads in legends and titles ("{}" is the value); other keys read "<last part>=<value>".
 PRETTY_KEYS = {
     H_KEY: "h = {}",
+    "heterogeneity.noise_skew": "noise skew {}",
+    "heterogeneity.signal_skew": "signal skew {}",
     "heterogeneity.alpha": "α = {}",
     "heterogeneity.classes_per_client": "{} classes/client",
     TAU_KEY: "τ = {}",
@@ -877,6 +914,9 @@ def _heterogeneity_text(settings: Mapping[str, Any]) -> str:
         if settings.get(key) is not None:
             text += f" {format_key_value(key, settings[key])}" if key != "heterogeneity.classes_per_client" else \
                 f", {format_key_value(key, settings[key])}"
+    for key in SKEW_KEYS:
+        if settings.get(key):
+            text += f", {format_key_value(key, settings[key])}"
     return text.strip()
 
 
@@ -884,7 +924,7 @@ def _context(groups: Sequence[Group], shown: Sequence[str]) -> list[str]:
     """The settings every group of a figure shares and that no panel, line or axis shows:
     heterogeneity, local steps (or epochs) and rounds."""
     parts = []
-    het = [k for k in (SCHEME_KEY, H_KEY, "heterogeneity.alpha", "heterogeneity.classes_per_client")]
+    het = [SCHEME_KEY, H_KEY, "heterogeneity.alpha", "heterogeneity.classes_per_client", *SKEW_KEYS]
     if not any(k in shown for k in het) and all(len(_values(groups, k)) == 1 for k in het):
         text = _heterogeneity_text(groups[0].settings)
         if text:
@@ -990,6 +1030,7 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
     groups = group_runs(runs)
     keys = varying_keys(groups) or [k for k in (INIT_KEY,) if any(k in g.settings for g in groups)]
     rows = summarize(groups, keys)
+    skewed = asks_for_skew(groups)
     figures = make_figures(groups, keys, out / FIGURES_DIR)
     duplicates = [_relative(p, folder) for g in groups for p in g.duplicates]
     notes = []
@@ -1001,8 +1042,8 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
         notes.append(f"Server wall time of the finished runs: {math.fsum(wall):.1f} s in total, "
                      f"{math.fsum(wall) / len(wall):.1f} s per run.")
     markdown = render_markdown(rows, keys, unfinished, source=str(folder), n_runs=sum(len(g.runs) for g in groups),
-                               figures=[f"{FIGURES_DIR}/{p.name}" for p in figures], notes=notes)
-    write_text_atomic(out / "summary.csv", render_csv(rows, keys))
+                               figures=[f"{FIGURES_DIR}/{p.name}" for p in figures], notes=notes, skewed=skewed)
+    write_text_atomic(out / "summary.csv", render_csv(rows, keys, skewed))
     write_text_atomic(out / "summary.md", markdown)
     return {"runs": sum(len(g.runs) for g in groups), "configurations": len(groups), "unfinished": unfinished,
             "duplicates": duplicates, "keys": keys, "rows": rows,

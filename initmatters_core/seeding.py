@@ -30,6 +30,7 @@ class Stream(IntEnum):
     AUGMENT = 11  # image task: training augmentation of a client's round
     ALIGNMENT_BASIS = 12  # image task: patches of the ResNet first-layer proxy
     POPULATION = 13  # synthetic task: Gaussian draws of the population test error
+    CLIENT_SKEW = 14  # synthetic task: which client gets which noise / signal factor
 
 
 def _entropy(seed: int, stream: Stream, index: tuple[int, ...]) -> list[int]:

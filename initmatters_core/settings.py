@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 DEVICES = ("cpu", "cuda", "auto")
+MAX_SKEW = 3.0  # largest heterogeneity.noise_skew / signal_skew
 
 
 class SettingError(ValueError):
@@ -63,17 +64,25 @@ class TaskSection(Protocol):
 
 @dataclass(frozen=True)
 class HeterogeneitySettings:
-    """How labels are spread over clients; the task says which schemes it supports."""
+    """How labels are spread over clients (the task says which schemes it supports), and the
+    clients' spread of noise level and signal strength (synthetic task only)."""
 
     name: str  # label_skew | iid | dirichlet | pathological
     h: float | None = None  # label_skew: mean |n+ - n-| / n over clients, in [0, 1]
     alpha: float | None = None  # dirichlet concentration
     classes_per_client: int | None = None  # pathological: distinct labels per client
     min_partition_size: int | None = None  # dirichlet: redraw until every client has this many (>= 1)
+    noise_skew: float = 0.0  # synthetic task: std over clients of log(client sigma_p / sigma_p); 0 = off
+    signal_skew: float = 0.0  # synthetic task: std over clients of log(client ||mu|| / ||mu||); 0 = off
 
     def validate(self, schemes: tuple[str, ...], note: str = "") -> None:
         """Checks of the scheme's own options; `schemes` are those the task supports."""
         one_of("heterogeneity", self.name, schemes, note)
+        for key, value in (("heterogeneity.noise_skew", self.noise_skew),
+                           ("heterogeneity.signal_skew", self.signal_skew)):
+            # MAX_SKEW bounds the largest client factor (about exp(1.73 s)) so that the data stay finite.
+            require(is_number(value) and 0.0 <= value <= MAX_SKEW, key, value,
+                    f"a number in [0, {MAX_SKEW:g}] (0 = off)")
         if self.name == "label_skew":
             unit_interval("heterogeneity.h", self.h)
         if self.name == "dirichlet":

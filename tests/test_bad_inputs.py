@@ -30,6 +30,8 @@ CASES: list[tuple[str, list[str], str, str]] = [
                                "fl.local_epochs|fl.momentum|fl.weight_decay|fl.device", ""),
     ("run", ["fl.num_clients=3"], "error: fl.num_clients=3 is invalid: allowed an even number with "
                                   "heterogeneity=label_skew (clients alternate majority label)", ""),
+    ("run", ["data=digits", "heterogeneity.noise_skew=0.5"], "error: heterogeneity.noise_skew=0.5 is invalid: "
+     "allowed 0 with image data (noise and signal skews exist on the synthetic task only)", ""),
     ("run", ["strategy=fedprox", "+strategy.eta_l=0.1"], "error: strategy.eta_l is not an option of "
                                                          "strategy=fedprox: allowed strategy.proximal_mu", ""),
     ("run", ["fl.device=cuda"], "error: fl.device=cuda is invalid here: allowed cpu|auto "

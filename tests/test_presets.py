@@ -134,17 +134,15 @@ def run_preset(preset: str, out: Path, extra: list[str], tmp: Path) -> tuple[sub
 
 
 @pytest.mark.slow
-def test_every_preset_smoke_runs(tmp_path: Path, local_copies: dict[str, Path]) -> None:
-    failures, times = [], {}
-    for preset in PRESETS:
-        settings, _ = load_settings(f"experiment={preset} debug=default")
-        name = settings.data.name
-        extra = [f"data.data_dir={local_copies[name]}"] if name in local_copies else []
-        out = tmp_path / preset
-        completed, times[preset] = run_preset(preset, out, extra, tmp_path)
-        missing = [file for file in ("summary.json", "rounds.csv") if not (out / file).is_file()]
-        if completed.returncode != 0 or missing:
-            failures.append(f"experiment={preset}: exit {completed.returncode}, missing {missing}\n"
-                            f"{completed.stdout[-2500:]}")
-    print("seconds per preset:", {preset: round(seconds, 1) for preset, seconds in times.items()})
-    assert not failures, "\n\n".join(failures)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_smoke_runs(preset: str, tmp_path: Path, local_copies: dict[str, Path]) -> None:
+    """One preset per case, so that `-k <preset>` runs one."""
+    settings, _ = load_settings(f"experiment={preset} debug=default")
+    name = settings.data.name
+    extra = [f"data.data_dir={local_copies[name]}"] if name in local_copies else []
+    out = tmp_path / preset
+    completed, seconds = run_preset(preset, out, extra, tmp_path)
+    print(f"experiment={preset}: {seconds:.1f} s")
+    missing = [file for file in ("summary.json", "rounds.csv") if not (out / file).is_file()]
+    assert completed.returncode == 0 and not missing, (f"experiment={preset}: exit {completed.returncode}, "
+                                                        f"missing {missing}\n{completed.stdout[-2500:]}")

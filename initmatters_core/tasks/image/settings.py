@@ -78,7 +78,11 @@ def data_section(name: str) -> type:
 
 def validate(settings: ExperimentSettings) -> None:
     """What only the image task checks: its partitions and initializations."""
-    settings.heterogeneity.validate(HETEROGENEITY_SCHEMES, "with image data (label_skew is the binary task's)")
+    heterogeneity = settings.heterogeneity
+    heterogeneity.validate(HETEROGENEITY_SCHEMES, "with image data (label_skew is the binary task's)")
+    for key, value in (("heterogeneity.noise_skew", heterogeneity.noise_skew),
+                       ("heterogeneity.signal_skew", heterogeneity.signal_skew)):
+        require(value == 0, key, value, "0 with image data (noise and signal skews exist on the synthetic task only)")
     init, model = settings.init, settings.model
     init.validate(INIT_NAMES, "with image data")
     if init.name == "imagenet":

@@ -8,11 +8,15 @@ Pure arithmetic on the settings (no torch), reported in summary.json's facts and
   effect the paper studies is gone before it can be measured;
 - overfit measure n ||mu||^4 / (sigma_p^4 d) (Kou et al. 2023: benign overfitting needs it large)
   per client (n the mean client size) and pooled over the K clients (K n).
+These are the numbers of the task's law. With heterogeneity.noise_skew or signal_skew, client k
+trains on its own law (sigma_p f_k, ||mu|| c_k), and `skew_regime_facts` adds the extremes over
+clients of the per-client numbers at those laws.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from initmatters_core.settings import ExperimentSettings
 
@@ -45,11 +49,35 @@ def regime_facts(settings: ExperimentSettings) -> dict[str, float]:
     }
 
 
+def skew_regime_facts(
+    settings: ExperimentSettings, noise_factors: Sequence[float], signal_factors: Sequence[float]
+) -> dict[str, float]:
+    """With client factors f_k of sigma_p and c_k of ||mu|| (not all 1): the smallest one-step flip
+    ratio over clients (the client with the strongest signal) and the range of the per-client overfit
+    measure n ||c_k mu||^4 / ((f_k sigma_p)^4 d); empty when every factor is 1."""
+    if all(f == 1.0 for f in noise_factors) and all(c == 1.0 for c in signal_factors):
+        return {}
+    data, model, fl = settings.data, settings.model, settings.fl
+    overfit = [overfit_measure(data.samples_per_client, data.signal_norm * c, data.noise_std * f, data.dim)
+               for f, c in zip(noise_factors, signal_factors, strict=True)]
+    return {
+        "one_step_flip_ratio_min": one_step_flip_ratio(
+            model.init_std, data.signal_norm * max(signal_factors), fl.lr, model.filters_per_class),
+        "overfit_measure_client_min": min(overfit),
+        "overfit_measure_client_max": max(overfit),
+    }
+
+
 def regime_line(facts: dict[str, float]) -> str:
     """One log line of the regime numbers."""
-    return (f"regime: snr={facts['snr']:.4g}, one_step_flip_ratio={facts['one_step_flip_ratio']:.3g}, "
+    line = (f"regime: snr={facts['snr']:.4g}, one_step_flip_ratio={facts['one_step_flip_ratio']:.3g}, "
             f"n||mu||^4/(sigma_p^4 d)={facts['overfit_measure_client']:.3g} per client, "
             f"{facts['overfit_measure_pooled']:.3g} pooled")
+    if "one_step_flip_ratio_min" in facts:
+        line += (f"; over the skewed clients: one_step_flip_ratio >= {facts['one_step_flip_ratio_min']:.3g}, "
+                 f"per-client overfit measure {facts['overfit_measure_client_min']:.3g}"
+                 f"..{facts['overfit_measure_client_max']:.3g}")
+    return line
 
 
 def regime_warnings(facts: dict[str, float]) -> list[str]:
@@ -58,4 +86,8 @@ def regime_warnings(facts: dict[str, float]) -> list[str]:
     if ratio < 1.0:
         return [f"one_step_flip_ratio={ratio:.3g} < 1: one GD step flips every misaligned filter: the effect the "
                 "paper studies vanishes; raise model.init_std or lower fl.lr"]
+    ratio_min = facts.get("one_step_flip_ratio_min", ratio)
+    if ratio_min < 1.0:
+        return [f"one_step_flip_ratio_min={ratio_min:.3g} < 1: on the client with the strongest signal one GD step "
+                "flips every misaligned filter; lower heterogeneity.signal_skew, raise model.init_std or lower fl.lr"]
     return []

@@ -107,6 +107,10 @@ def validate(settings: ExperimentSettings) -> None:
     """What only the synthetic task checks: its partitions and initializations."""
     heterogeneity, init, fl = settings.heterogeneity, settings.init, settings.fl
     heterogeneity.validate(HETEROGENEITY_SCHEMES)
+    for key, value in (("heterogeneity.noise_skew", heterogeneity.noise_skew),
+                       ("heterogeneity.signal_skew", heterogeneity.signal_skew)):
+        require(value == 0 or fl.num_clients >= 2, key, value,
+                "0 with fl.num_clients=1 (a skew spreads the clients' factors around 1)")
     if heterogeneity.name == "label_skew":
         require(fl.num_clients % 2 == 0, "fl.num_clients", fl.num_clients,
                 "an even number with heterogeneity=label_skew (clients alternate majority label)")

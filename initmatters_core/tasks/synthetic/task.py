@@ -29,13 +29,16 @@ from initmatters_core.tasks.synthetic.initialization import initial_weight, load
 from initmatters_core.tasks.synthetic.model import WEIGHT_KEY, classification_error, logistic_loss, model_from_weight
 from initmatters_core.tasks.synthetic.partition import (
     CLASSES,
+    SkewMeasures,
     examples_for_labels,
+    measure_skews,
     partition_true_labels,
     realised_heterogeneity,
 )
 from initmatters_core.tasks.synthetic.population import POPULATION_COLUMNS, population_draws, population_metrics
-from initmatters_core.tasks.synthetic.regime import regime_facts, regime_line, regime_warnings
+from initmatters_core.tasks.synthetic.regime import regime_facts, regime_line, regime_warnings, skew_regime_facts
 from initmatters_core.tasks.synthetic.settings import DataSettings
+from initmatters_core.tasks.synthetic.skew import all_client_skews
 from initmatters_core.training import local_step_count, train_steps
 
 # Column order of rounds.csv; blank cells mean "not measured this round" (e.g. train metrics at
@@ -101,7 +104,7 @@ def cached_client_dataset(
 ) -> SignalNoiseData:
     """`partition.client_dataset` for mu = signal_vector(data), memoized per process.
 
-    Same numbers as client_dataset (same label partition, same CLIENT_DATA stream); the label
+    Same numbers as client_dataset (same label partition, skew factors and CLIENT_DATA stream); the label
     partition of all clients is computed once per process instead of once per call.
     """
     check_partition_id(partition_id, num_partitions)
@@ -111,7 +114,8 @@ def cached_client_dataset(
         return cached
     labels = _partition_labels(heterogeneity, seed, num_partitions, data.samples_per_client)
     signal = signal_vector(data.dim, data.signal_norm)
-    result = examples_for_labels(data, seed, partition_id, labels[partition_id], signal)
+    skew = all_client_skews(heterogeneity, seed, num_partitions)[partition_id]
+    result = examples_for_labels(data, seed, partition_id, labels[partition_id], signal, skew)
     _client_data_cache.put(key, result, tensor_bytes(result.features, result.labels, result.true_labels))
     return result
 
@@ -208,7 +212,11 @@ def server_setup(settings: ExperimentSettings) -> TaskServer:
              if data.population_samples > 0 else None)
     realised_h = realised_heterogeneity(labels)
     histograms = np.array([[int((part == c).sum()) for c in CLASSES] for part in labels], dtype=np.int64)
-    regime = regime_facts(settings)
+    skews = all_client_skews(settings.heterogeneity, settings.seed, settings.fl.num_clients)
+    noise_factors, signal_factors = [skew.noise for skew in skews], [skew.signal for skew in skews]
+    measured = measure_skews(data, settings.seed, labels, skews, signal)
+    skew_facts = {"realised_noise_skew": measured.noise_skew, "realised_signal_skew": measured.signal_skew}
+    regime = {**regime_facts(settings), **skew_regime_facts(settings, noise_factors, signal_factors)}
 
     def central_metrics(state: State) -> dict[str, float]:
         weight = state[WEIGHT_KEY]
@@ -221,18 +229,29 @@ def server_setup(settings: ExperimentSettings) -> TaskServer:
         init_state={WEIGHT_KEY: init_weight},
         central_metrics=central_metrics,
         round_columns=round_columns(settings.data),
-        partition=partition_summary(histograms, realised_h, ["+1", "-1"], attempts),
+        partition={**partition_summary(histograms, realised_h, ["+1", "-1"], attempts), **skew_facts,
+                   "noise_factors": noise_factors, "signal_factors": signal_factors,
+                   "noise_scales": measured.noise_scales, "signal_scales": measured.signal_scales},
         realised_h=realised_h,
         schedule=client_schedule(
             settings.fl.num_clients, settings.fl.fraction_train, settings.fl.num_rounds, settings.seed
         ),
         send_init_state=settings.log.noise_memorization,
         artifacts={"signal.pt": signal.clone()},
-        description=f"synthetic data, d={settings.data.dim}, realised h={realised_h:.4f}; {regime_line(regime)}",
-        facts={**regime, **init_facts},
+        description=(f"synthetic data, d={settings.data.dim}, realised h={realised_h:.4f}"
+                     f"{skew_text(settings.heterogeneity, measured)}; {regime_line(regime)}"),
+        facts={**regime, **skew_facts, **init_facts},
         warnings=[*skew_warnings(settings.heterogeneity, settings.data.samples_per_client, realised_h),
                   *regime_warnings(regime)],
     )
+
+
+def skew_text(heterogeneity: HeterogeneitySettings, measured: SkewMeasures) -> str:
+    """', realised noise skew=... (asked ...), realised signal skew=... (asked ...)' when a skew is on, else ''."""
+    if heterogeneity.noise_skew == 0 and heterogeneity.signal_skew == 0:
+        return ""
+    return (f", realised noise skew={measured.noise_skew:.4f} (asked {heterogeneity.noise_skew:g}), "
+            f"realised signal skew={measured.signal_skew:.4f} (asked {heterogeneity.signal_skew:g})")
 
 
 def skew_warnings(heterogeneity: HeterogeneitySettings, samples_per_client: int, realised_h: float) -> list[str]:
