@@ -23,17 +23,19 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from initmatters_core.settings import SettingError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is read or written, not to name files
+    import torch
 
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "rounds.csv"
@@ -183,6 +185,8 @@ def load_state_file(path: str | Path, setting: str = "init.path") -> Any:
     file = Path(path)
     if not file.is_file():
         raise SettingError(f"{setting}={str(path)!r} does not exist: give a saved state dict file")
+    import torch
+
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a state dict  # noqa: BLE001
@@ -222,6 +226,8 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
 
 def save_tensor_atomic(path: Path, obj: Any) -> None:
     """torch.save to `path` atomically."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
@@ -276,7 +282,8 @@ def finite_or_none(value: float) -> float | None:
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 

@@ -137,3 +137,24 @@ def test_validating_settings_imports_no_torch() -> None:
     completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                timeout=300, check=True)
     assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [
+    ["heterogeneity.h=1.5"],  # a bad setting
+    ["strategy=fedadam", "strategy.eta=0.1", "--cfg", "job"],  # a valid strategy's options are checked too
+    ["--help"],
+])
+def test_the_run_command_answers_before_importing_torch_flower_or_ray(argv: list[str]) -> None:
+    """A bad setting, --help and --cfg job need only the settings: an answer in about a second."""
+    code = (
+        "import sys\n"
+        "from initmatters import run\n"
+        "try:\n"
+        f"    run.main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'flwr', 'ray') if m in sys.modules))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.stdout.strip().splitlines()[-1] == "[]", completed.stdout[-2000:] + completed.stderr[-2000:]

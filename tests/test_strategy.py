@@ -8,6 +8,7 @@ evaluate_fn's (tests/test_alignment.py, tests/test_equivalence.py), not the stra
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
@@ -20,10 +21,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Met
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from initmatters.compose import load_settings
+from initmatters.launch import PROJECT_ROOT
 from initmatters.protocol import INIT_ARRAYS_KEY, PROXIMAL_MU_KEY, arrays_to_state, state_to_arrays
 from initmatters_core.federation import client_schedule
 from initmatters_core.settings import SettingError, StrategySettings
-from strategies import STRATEGIES, build_strategy, check_strategy
+from strategies import NOT_CONFIGURABLE, STRATEGIES, build_strategy, check_strategy, flower_strategy_class
 from strategies.tracking import ExperimentTracking, tracked
 
 DIM, FILTERS = 40, 6
@@ -377,17 +379,29 @@ def test_fedadam_is_the_hand_computed_adam_step_at_the_true_round(client_weights
 
 
 def test_registry_covers_conf_strategy_and_every_file_builds():
-    assert {name: cls for name, cls in STRATEGIES.items()} == {
+    assert {name: flower_strategy_class(name) for name in STRATEGIES} == {
         "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM,
         "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
     }
-    for name, cls in STRATEGIES.items():
+    assert sorted(path.stem for path in (PROJECT_ROOT / "conf" / "strategy").glob("*.yaml")) == sorted(STRATEGIES)
+    for name in STRATEGIES:
+        cls = flower_strategy_class(name)
         settings, _ = load_settings(f"debug=default strategy={name}")
         assert settings.strategy.name == name
         strategy = build_strategy(settings.strategy, node_of_partition=NODE_OF_PARTITION, schedule=[[0, 1, 2]])
         assert isinstance(strategy, cls) and isinstance(strategy, ExperimentTracking)
         for key, value in settings.strategy.options.items():
             assert getattr(strategy, key) == value, (name, key)
+
+
+def test_declared_options_are_the_flower_classes_keyword_arguments():
+    """The registry's option lists (checked without importing Flower) equal what each class takes,
+    less what ExperimentTracking sets, callbacks (*_fn) and record keys (*_key)."""
+    for name, entry in STRATEGIES.items():
+        parameters = inspect.signature(flower_strategy_class(name).__init__).parameters
+        takes = tuple(key for key in parameters if key not in ("self", *NOT_CONFIGURABLE)
+                      and not key.endswith("_fn") and not key.endswith("_key"))
+        assert entry.options == takes, name
 
 
 def test_check_strategy_rejects_an_unknown_name():
