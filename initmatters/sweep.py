@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from initmatters.compose import CONF_DIR, settings_from_config
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
+from initmatters_core.trackers import check_trackers_installed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
@@ -34,6 +35,7 @@ def main(config: DictConfig) -> None:
     from server_app.app import build_server_app
 
     settings = settings_from_config(config)
+    check_trackers_installed(settings.log)  # before Ray starts
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     server_app = build_server_app(settings, OmegaConf.to_yaml(config, resolve=True), output_dir)
     for attempt in (1, 2):  # once more when Ray's node start-up timed out (nothing has run then)
