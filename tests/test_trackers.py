@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 
 from initmatters import run
 from initmatters.compose import load_settings
+from initmatters.launch import PROJECT_ROOT
 from initmatters_core.results import RunFiles, read_rounds_csv
 from initmatters_core.settings import SettingError, flatten_settings
 from initmatters_core.trackers import check_trackers_installed, open_trackers, previous_wandb_id
@@ -212,6 +214,21 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path, monkeypatch, caps
     assert run.main(["debug=default", f"log.{setting}=true", "--output-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {expected}"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_fails_each_job_before_ray_starts_when_the_extra_is_missing(tmp_path: Path) -> None:
+    """The shared-simulation launcher checks every job when it prepares it (the import made to fail)."""
+    sweep = ("import sys; sys.modules['tensorboard'] = None; from initmatters.sweep import cli; "
+             f"sys.argv = ['sweep', '--multirun', 'debug=default', 'seed=0,1', 'log.tensorboard=true', "
+             f"'hydra.sweep.dir={tmp_path / 'sweep'}']; cli()")
+    completed = subprocess.run([sys.executable, "-c", sweep], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 1, completed.stdout[-2000:] + completed.stderr[-2000:]
+    failures = [line for line in completed.stdout.splitlines() if line.startswith("[sweep] FAILED")]
+    assert len(failures) == 2
+    assert all(line.endswith('log.tensorboard=true needs the optional extra: pip install -e ".[tensorboard]"')
+               for line in failures)
+    assert "Flower simulation" not in completed.stdout  # nothing started
 
 
 @pytest.mark.parametrize("project", ["a/b", "", "what?"])
