@@ -79,6 +79,8 @@ HETEROGENEITY_PREFIX = "heterogeneity."
 INIT_KEY = "init.name"
 STEPS_KEY = "init.steps"
 TAU_KEY = "fl.local_steps"
+# Where a run's numbers are also sent, not what they are: runs that differ only here are one configuration.
+TRACKER_KEYS = ("log.tensorboard", "log.wandb", "log.wandb_project")
 
 # Per-configuration statistics: (column stem, markdown header, decimals in summary.md).
 METRICS: tuple[tuple[str, str, int], ...] = (
@@ -152,7 +154,7 @@ class Unfinished:
 
 @dataclass
 class Group:
-    """One configuration: runs with equal settings except the seed, sorted by seed."""
+    """One configuration: runs with equal settings except the seed (and the trackers), sorted by seed."""
 
     settings: dict[str, Any]  # flattened, without "seed"
     runs: list[Run]
@@ -258,11 +260,12 @@ def _one_line(error: BaseException) -> str:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Configurations (equal settings except seed); a second run with the same settings and seed
-    is kept out of the statistics and listed in Group.duplicates. Groups are in first-seen order."""
+    """Configurations (equal settings except seed and the trackers); a second run with the same
+    settings and seed is kept out of the statistics and listed in Group.duplicates. Groups are in
+    first-seen order."""
     groups: dict[tuple, Group] = {}
     for run in sorted(runs, key=lambda r: str(r.path)):
-        settings = {k: v for k, v in run.settings.items() if k != SEED_KEY}
+        settings = {k: v for k, v in run.settings.items() if k != SEED_KEY and k not in TRACKER_KEYS}
         group = groups.setdefault(_freeze(settings), Group(settings, []))
         if any(_same(existing.seed, run.seed) for existing in group.runs):
             group.duplicates.append(run.path)

@@ -34,6 +34,7 @@ from initmatters.launch import (
 from initmatters_core.results import RunFiles, default_output_dir, lock_holder, output_dir_problem
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
+from initmatters_core.trackers import check_trackers_installed
 
 BACKENDS = ("inline", "ray")
 GROUPS = ("data", "model", "init", "heterogeneity", "fl", "strategy", "experiment", "debug")
@@ -100,13 +101,15 @@ def load_settings_or_report(overrides: Sequence[str], *, local_data: bool = True
     Path settings (init.path, data.data_dir) are made absolute against this working directory, so
     the ServerApp (whose working directory is the SuperLink's) finds the same files.
     local_data: the run happens on this machine, so what it needs beyond valid settings (an image
-    dataset, the training device, an init file) is checked the same way, before anything starts.
+    dataset, the training device, an init file, the packages of log.tensorboard / log.wandb) is
+    checked the same way, before anything starts.
     """
     try:
         absolute = absolute_path_overrides(overrides, Path.cwd())
         settings, resolved_yaml = load_settings(absolute)
         if local_data:
             load_task(settings).check_before_start(settings)
+            check_trackers_installed(settings.log)
         return settings, resolved_yaml, absolute
     except SettingError as error:
         print(f"error: {error}", file=sys.stderr)

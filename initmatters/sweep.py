@@ -26,12 +26,14 @@ from initmatters.compose import CONF_DIR, settings_from_config
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import ExperimentSettings, SettingError
+from initmatters_core.trackers import check_trackers_installed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
 def main(config: DictConfig) -> None:
     """One job into Hydra's output folder, on the backend of hydra.launcher (inline by default)."""
     settings = settings_from_config(config)
+    check_trackers_installed(settings.log)  # before any start-up
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved_yaml = OmegaConf.to_yaml(config, resolve=True)
     launcher = HydraConfig.get().launcher

@@ -9,6 +9,8 @@
   model_final.pt   state dict after the last round
   <artifacts>      files a task adds (synthetic: signal.pt, mu as a 1-D tensor [d])
   plots/*.png      figures made from rounds.csv and partition.json alone
+  tensorboard/     with log.tensorboard: event files, every rounds.csv column per round (initmatters_core.trackers)
+  wandb/           with log.wandb: the Weights & Biases run folder, the same scalars
   checkpoint/checkpoint.pt   only while the run is in progress (removed once summary.json exists)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
@@ -44,6 +46,8 @@ PARTITION_FILE = "partition.json"
 MODEL_INIT_FILE = "model_init.pt"
 MODEL_FINAL_FILE = "model_final.pt"
 PLOTS_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # the folder W&B itself makes under the `dir` it is given (the run's folder)
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"  # the PID of the process writing the run (removed when it ends)
@@ -87,6 +91,14 @@ class RunFiles:
     @property
     def plots(self) -> Path:
         return self.root / PLOTS_DIR
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / WANDB_DIR
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 DEVICES = ("cpu", "cuda", "auto")
 MAX_SKEW = 3.0  # largest heterogeneity.noise_skew / signal_skew
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"  # characters W&B does not allow in a project name
 
 
 class SettingError(ValueError):
@@ -210,11 +211,16 @@ class LogSettings:
     noise_memorization: bool  # clients report rho statistics (needs w(0) in each message)
     plots: bool
     checkpoint_every: int  # write the resume checkpoint every k rounds (and always when a run stops early)
+    tensorboard: bool  # every rounds.csv row to TensorBoard (<run>/tensorboard/; the `tensorboard` extra)
+    wandb: bool  # every rounds.csv row to Weights & Biases (<run>/wandb/, offline by default; the `wandb` extra)
+    wandb_project: str  # the W&B project of the runs
 
     def validate(self) -> None:
-        require(isinstance(self.noise_memorization, bool), "log.noise_memorization", self.noise_memorization,
-                "true|false")
-        require(isinstance(self.plots, bool), "log.plots", self.plots, "true|false")
+        for key in ("noise_memorization", "plots", "tensorboard", "wandb"):
+            require(isinstance(getattr(self, key), bool), f"log.{key}", getattr(self, key), "true|false")
+        require(isinstance(self.wandb_project, str) and self.wandb_project.strip() != ""
+                and not set(self.wandb_project) & set(WANDB_PROJECT_FORBIDDEN), "log.wandb_project",
+                self.wandb_project, f"a non-empty name without any of {' '.join(WANDB_PROJECT_FORBIDDEN)}")
         positive_int("log.checkpoint_every", self.checkpoint_every)
 
 

@@ -12,6 +12,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ from initmatters_core.results import (
     write_json_atomic,
     write_text_atomic,
 )
-from initmatters_core.settings import ExperimentSettings, client_settings
+from initmatters_core.settings import ExperimentSettings, client_settings, flatten_settings
 from initmatters_core.tasks import load_task
+from initmatters_core.trackers import check_trackers_installed, open_trackers
 from server_app.checkpoint import load_checkpoint, save_checkpoint
 from server_app.discovery import discover_partitions
 from server_app.summary import run_summary
@@ -75,7 +77,8 @@ def run_federated(
     checkpoint: write <output_dir>/checkpoint/checkpoint.pt every log.checkpoint_every rounds, and
         for the last completed round when the run stops early (a signal, an error).
     resume: continue from that checkpoint (same settings) instead of starting at round 0.
-    The folder is locked while the run writes it (a second run on it fails at once).
+    The folder is locked while the run writes it (a second run on it fails at once); the trackers of
+    log.tensorboard / log.wandb are closed (their files flushed) however the run ends.
     """
     files = RunFiles(output_dir.resolve())
     problem = output_dir_problem(files.root)
@@ -83,8 +86,10 @@ def run_federated(
         raise RuntimeError(problem)
     if resume and files.finished():
         raise RuntimeError(f"cannot resume: {files.root} already holds a finished run")
-    with RunLock(files):
-        return _run_locked(grid, settings, resolved_config_yaml, files, report, resume=resume, checkpoint=checkpoint)
+    check_trackers_installed(settings.log)
+    with RunLock(files), ExitStack() as closing:
+        return _run_locked(grid, settings, resolved_config_yaml, files, report, closing, resume=resume,
+                           checkpoint=checkpoint)
 
 
 # The measurements of a global model that are finite for every model that is still a model; other
@@ -103,7 +108,8 @@ def nonfinite_problem(state: Mapping[str, torch.Tensor], metrics: Mapping[str, f
 
 
 def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: str, files: RunFiles,
-                report: Callable[[str], None], *, resume: bool, checkpoint: bool) -> dict[str, Any]:
+                report: Callable[[str], None], closing: ExitStack, *, resume: bool, checkpoint: bool
+                ) -> dict[str, Any]:
     started = time.monotonic()
     report(f"writing results to {files.root}")
 
@@ -131,6 +137,11 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
                           clock=_ContinuedClock(earlier), progress_metric=setup.progress_metric)
     if saved:
         log_rounds.rows.extend(dict(row) for row in saved["rows"])
+    trackers = closing.enter_context(open_trackers(settings.log, files, flatten_settings(settings.to_dict()),
+                                                   resume=resume))
+    trackers.log_rows(log_rounds.rows)  # a resumed run's rows so far (the trackers' folders start afresh)
+    for tracker in trackers.trackers:
+        report(tracker.description)
     strategy = build_strategy(
         settings.strategy,
         node_of_partition=node_of_partition,
@@ -164,7 +175,7 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
                     else "nothing was trained")
             raise RuntimeError(f"round {true_round}: the global model diverged ({problem}); {kept} (lower fl.lr "
                                f"or the strategy's server learning rate)")
-        log_rounds.add_eval(true_round, metrics)
+        trackers.log_rows([log_rounds.add_eval(true_round, metrics)])
         if checkpoint:
             unsaved.update(round=true_round, state=cpu_state(global_state), rows=len(log_rounds.rows),
                            server_state=copy.deepcopy(strategy.server_state()))

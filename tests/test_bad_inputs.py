@@ -41,6 +41,10 @@ CASES: list[tuple[str, list[str], str, str]] = [
      f"error: init.path='{TMP}/missing.pt' does not exist: give a saved state dict file", ""),
     ("run", ["debug=default", "init=checkpoint", f"init.path={TMP}/nan.pt"],
      f"error: init.path='{TMP}/nan.pt' holds non-finite values (NaN or inf): nothing to train", "nan.pt"),
+    ("run", ["log.wandb_project=my/runs"], "error: log.wandb_project='my/runs' is invalid: allowed a non-empty name "
+                                           "without any of / \\ # ? % :", ""),
+    ("run", ["log.tensorboard=true"],
+     'error: log.tensorboard=true needs the optional extra: pip install -e ".[tensorboard]"', "no-tensorboard"),
     ("run", ["debug=default", "--output-dir", f"{TMP}/a-file"],
      f"error: output-dir {TMP}/a-file is a file: give a folder", "a-file"),
     ("run", ["data=cifar10", f"data.data_dir={TMP}/no-copy"],
@@ -58,20 +62,22 @@ CASES: list[tuple[str, list[str], str, str]] = [
 MAINS: dict[str, Callable[[list[str]], int]] = {"run": run.main, "deploy": deploy.main}
 
 
-def prepare(setup: str, tmp: Path) -> None:
+def prepare(setup: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if setup == "nan.pt":
         torch.save({"weight": torch.full((2, 4, 100), float("nan"))}, tmp / "nan.pt")
     elif setup == "a-file":
         (tmp / "a-file").write_text("x")
     elif setup == "no-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    elif setup == "no-tensorboard":
+        monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
 
 
 @pytest.mark.parametrize(("command", "arguments", "expected", "setup"), CASES,
                          ids=[" ".join(case[1]) for case in CASES])
-def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path, capsys, command: str, arguments: list[str],
-                                            expected: str, setup: str) -> None:
-    prepare(setup, tmp_path)
+def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path, capsys, monkeypatch, command: str,
+                                            arguments: list[str], expected: str, setup: str) -> None:
+    prepare(setup, tmp_path, monkeypatch)
     code = MAINS[command]([argument.replace(TMP, str(tmp_path)) for argument in arguments])
     err = capsys.readouterr().err.strip().replace(str(tmp_path), TMP)
     assert code == 2

@@ -309,6 +309,17 @@ def test_single_configuration_has_no_comparison_figures(tmp_path: Path) -> None:
     assert "| random | 3 | 0.2000 ± 0.1000 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_trackers_do_not_split_a_configuration(tmp_path: Path) -> None:
+    """Seed 1 ran with TensorBoard and W&B on, seed 0 before the tracker settings existed."""
+    write_run(tmp_path / "s0", nested_settings("random", 0.0, 0), test_error=0.1, misaligned_init=20, realised_h=0.0)
+    traced = nested_settings("random", 0.0, 1)
+    traced["log"] = {**traced["log"], "tensorboard": True, "wandb": True, "wandb_project": "mine"}
+    write_run(tmp_path / "s1", traced, test_error=0.3, misaligned_init=20, realised_h=0.0)
+    result = report.write_report(tmp_path)
+    assert result["configurations"] == 1 and "log.tensorboard" not in result["keys"]
+    assert result["rows"][0]["n_seeds"] == 2 and result["rows"][0]["test_error_mean"] == pytest.approx(0.2)
+
+
 def test_duplicate_seed_is_ignored_and_noted(tmp_path: Path) -> None:
     write_run(tmp_path / "a", nested_settings("random", 0.0, 0), test_error=0.1, misaligned_init=20, realised_h=0.0)
     write_run(tmp_path / "b", nested_settings("random", 0.0, 0), test_error=0.9, misaligned_init=20, realised_h=0.0)

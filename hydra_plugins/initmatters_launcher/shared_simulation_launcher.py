@@ -211,10 +211,12 @@ class SharedSimulationLauncher(Launcher):
     # -- preparing jobs --------------------------------------------------------------------------
 
     def _prepare(self, index: int, overrides: list[str]) -> _Job:
-        """Compose the job's config, find its folder, validate its settings, check for resume."""
+        """Compose the job's config, find its folder, validate its settings (and, in the shared simulation,
+        that the packages of its trackers are installed), check for resume."""
         from initmatters.compose import settings_from_config
         from initmatters_core.results import RunFiles
         from initmatters_core.settings import SettingError
+        from initmatters_core.trackers import check_trackers_installed
 
         assert self.config is not None and self.hydra_context is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -227,6 +229,8 @@ class SharedSimulationLauncher(Launcher):
         task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         try:
             job.settings = settings_from_config(task_config)
+            if not self.connection:  # the trackers' packages are needed where the server runs
+                check_trackers_installed(job.settings.log)
         except SettingError as error:
             job.error = str(error)
             return job
