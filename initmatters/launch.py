@@ -141,7 +141,8 @@ def _die_with_parent() -> None:
 
     A launcher that is SIGKILLed can stop nothing itself; its SuperLink and `flwr run` then stop
     themselves (and, through Flower's own parent monitors, what they started), so nothing listens
-    after its run. Where prctl is not available this does nothing.
+    after its run. Where prctl is not available this does nothing. Linux counts the *thread*
+    that started the child as its parent: start a process from a thread that outlives it.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -29,6 +29,7 @@ SUBNET = "10.213.0"  # /24 inside the test's namespaces only; host k gets .(k + 
 PREFIX = "imnet"  # namespace names: imnet-<pid>-<host>
 SWITCH = "sw"
 BRIDGE = "br0"
+INTERFACE = "eth0"  # each host's end of its cable (interface names are per namespace)
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -102,10 +103,6 @@ class TestNetwork:
     def address(self, host: str) -> str:
         return f"{SUBNET}.{self.hosts.index(host) + 1}"
 
-    def interface(self, host: str) -> str:
-        """The host's end of its cable (names are per namespace, so short fixed names do)."""
-        return "eth0"
-
     def host(self, host: str) -> Host:
         """A deploy.Host whose commands run inside `host`'s namespace."""
         return Host(("ip", "netns", "exec", self.namespace(host)))
@@ -123,20 +120,20 @@ class TestNetwork:
         for index, host in enumerate(self.hosts):
             namespace, port = self.namespace(host), f"port{index}"
             self._add_namespace(namespace)
-            ip("link", "add", self.interface(host), "netns", namespace, "type", "veth", "peer", "name", port,
+            ip("link", "add", INTERFACE, "netns", namespace, "type", "veth", "peer", "name", port,
                "netns", switch)
             ip("-n", switch, "link", "set", port, "master", BRIDGE)
             ip("-n", switch, "link", "set", port, "up")
-            ip("-n", namespace, "addr", "add", f"{self.address(host)}/24", "dev", self.interface(host))
-            ip("-n", namespace, "link", "set", self.interface(host), "up")
+            ip("-n", namespace, "addr", "add", f"{self.address(host)}/24", "dev", INTERFACE)
+            ip("-n", namespace, "link", "set", INTERFACE, "up")
 
     def link_down(self, host: str) -> None:
         """Unplug `host`: its interface goes down (its processes keep running, its packets go nowhere)."""
-        ip("-n", self.namespace(host), "link", "set", self.interface(host), "down")
+        ip("-n", self.namespace(host), "link", "set", INTERFACE, "down")
 
     def link_up(self, host: str) -> None:
         """Plug `host` back in (the subnet route returns with the link)."""
-        ip("-n", self.namespace(host), "link", "set", self.interface(host), "up")
+        ip("-n", self.namespace(host), "link", "set", INTERFACE, "up")
 
     def processes(self) -> list[int]:
         """PIDs of every process inside this network's namespaces."""

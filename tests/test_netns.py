@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from netns import TestNetwork, namespaces_unavailable, remove_stale_networks
+from netns import TestNetwork, namespaces, namespaces_unavailable, remove_stale_networks
 
 from initmatters.deploy import LOOPBACK, DeployError, LocalDeployment, RunOutcome, health_answers
+from initmatters.launch import stop_process
 from initmatters_core.results import RunFiles, read_rounds_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -38,11 +42,14 @@ SUPERLINK_OUTAGE_S = 10.0  # "a few seconds": well under the heartbeat expiry
 # helpers
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for(condition: Callable[[], bool], what: str, run: Future | None = None) -> None:
+    """Until `condition()`; fails after TIMEOUT_S, or at once if `run` ended first."""
+    deadline = time.monotonic() + TIMEOUT_S
     while not condition():
+        if run is not None and run.done():
+            raise AssertionError(f"the run ended before {what}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            raise AssertionError(f"timed out after {TIMEOUT_S:g}s waiting for {what}")
         time.sleep(0.3)
 
 
@@ -78,23 +85,21 @@ def rounds_done(out: Path) -> int:
 
 
 def run_with(deployment: LocalDeployment, overrides: list[str], out: Path,
-             meanwhile: Callable[[], None]) -> RunOutcome:
-    """deployment.run_app while `meanwhile` runs in a thread; its exception is raised after the run."""
-    errors: list[BaseException] = []
+             meanwhile: Callable[[Future], None]) -> RunOutcome:
+    """deployment.run_app in a thread while `meanwhile(run)` acts on the network in this one.
 
-    def guarded() -> None:
+    Processes are started from this (long-lived) thread: a managed process gets SIGTERM when
+    the thread that started it ends. If `meanwhile` fails, the SuperLink is stopped so the run ends.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        run = pool.submit(deployment.run_app, overrides, out)
         try:
-            meanwhile()
-        except BaseException as error:  # noqa: BLE001 (re-raised in the test's thread)
-            errors.append(error)
-
-    thread = threading.Thread(target=guarded, daemon=True)
-    thread.start()
-    outcome = deployment.run_app(overrides, out)
-    thread.join(timeout=TIMEOUT_S)
-    if errors:
-        raise errors[0]
-    return outcome
+            meanwhile(run)
+        except BaseException:
+            if deployment.superlink is not None:
+                stop_process(deployment.superlink)
+            raise
+        return run.result(timeout=TIMEOUT_S)
 
 
 def summary_of(out: Path) -> dict:
@@ -105,6 +110,39 @@ def explain(deployment: LocalDeployment) -> str:
     """The tails of the deployment's logs, for an assertion message."""
     return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}"
                      for log in sorted(deployment.logs.glob("*.log")))
+
+
+# ---------------------------------------------------------------------------------------------
+# the test network itself
+
+LISTEN = "import socket, sys; s = socket.create_server(('0.0.0.0', int(sys.argv[1])))\nwhile True: s.accept()"
+CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
+
+
+def test_the_test_network_joins_hosts_unplugs_them_and_leaves_nothing() -> None:
+    """Host b reaches a server on host a at a's address (not at 127.0.0.1), not while b is
+    unplugged, again once plugged back; closing kills the server by PID and deletes the namespaces."""
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(reason)
+    port = 45211
+
+    def b_reaches(address: str) -> bool:
+        command = network.host("b").command([sys.executable, "-c", CONNECT, address, str(port)])
+        return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+
+    with TestNetwork.create(["a", "b"]) as network:
+        server = subprocess.Popen(network.host("a").command([sys.executable, "-c", LISTEN, str(port)]))
+        wait_for(lambda: b_reaches(network.address("a")), "host b to reach host a")
+        assert not b_reaches(LOOPBACK)  # b's own loopback: a is another host
+        network.link_down("b")
+        assert not b_reaches(network.address("a"))
+        network.link_up("b")
+        wait_for(lambda: b_reaches(network.address("a")), "host b to reach host a again")
+        assert network.processes() == [server.pid]
+        names = list(network.created)
+    assert server.wait(timeout=60) == -signal.SIGTERM
+    assert len(names) == 3 and not set(names) & set(namespaces())  # a, b and the switch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +175,7 @@ def test_certificate_without_the_servers_address_is_refused(network: TestNetwork
         code = node.wait(timeout=TIMEOUT_S)
         log = (deployment.logs / "supernode-0.log").read_text(errors="replace")
         assert code != 0, log
-        assert "SSL/TLS handshake error" in log, log
+        assert "SSL/TLS handshake error" in log and "Exit Code: 305" in log, log
         assert f"certificate is not valid for '{network.address('server')}'" in log, log
         assert deployment.node_id("supernode-0") is None  # never joined
         with pytest.raises(DeployError, match="unavailable"):  # flwr, on the server host, refuses it too
@@ -156,11 +194,11 @@ def test_supernode_link_down_longer_than_the_heartbeat(network: TestNetwork, tmp
     overrides = [*OVERRIDES, f"fl.num_rounds={rounds}"]
     unplugged: dict[str, float] = {}
 
-    def unplug_node_1_until_a_round_missed_it() -> None:
-        wait_for(lambda: rounds_done(out) >= 1, "round 1")
+    def unplug_node_1_until_a_round_missed_it(run: Future) -> None:
+        wait_for(lambda: rounds_done(out) >= 1, "round 1", run)
         network.link_down("node-1")
         unplugged["at"] = time.monotonic()
-        wait_for(lambda: 1 in rounds_clients(out) or rounds_done(out) == rounds, "a round without node-1")
+        wait_for(lambda: 1 in rounds_clients(out), "a round without node-1", run)
         unplugged["for_s"] = time.monotonic() - unplugged["at"]
         network.link_up("node-1")
 
@@ -187,8 +225,8 @@ def test_superlink_link_down_for_seconds(network: TestNetwork, tmp_path: Path) -
     rounds, out = 3, tmp_path / "out"
     log_sizes: dict[str, int] = {}
 
-    def unplug_server_briefly() -> None:
-        wait_for(lambda: rounds_done(out) >= 1, "round 1")
+    def unplug_server_briefly(run: Future) -> None:
+        wait_for(lambda: rounds_done(out) >= 1, "round 1", run)
         log_sizes.update({log.name: log.stat().st_size for log in deployment.logs.glob("supernode-*.log")})
         network.link_down("server")
         time.sleep(SUPERLINK_OUTAGE_S)
@@ -216,8 +254,8 @@ def test_supernode_joining_after_the_run_started(network: TestNetwork, tmp_path:
     out = tmp_path / "out"
     started_late: list[bool] = []
 
-    def start_node_1_once_the_run_started() -> None:
-        wait_for(lambda: RunFiles(out).config.exists(), "the ServerApp to start")
+    def start_node_1_once_the_run_started(run: Future) -> None:
+        wait_for(lambda: RunFiles(out).config.exists(), "the ServerApp to start", run)
         started_late.append(not RunFiles(out).rounds.exists())
         deployment.start_node(1, 2, network.host("node-1"))
 
