@@ -66,9 +66,10 @@ class DeployError(RuntimeError):
 class Host:
     """Where a process of a deployment runs: `prefix` is prepended to its command line.
 
-    No prefix: this machine. ("ip", "netns", "exec", NAME): a network namespace (another host
-    on a test network); an ssh command would do for a real one. The process started is the
-    command itself (these prefixes exec it), so it is stopped by its PID as usual.
+    No prefix: this machine. ("ip", "netns", "exec", NAME): a network namespace, i.e. another
+    host on a test network that shares this machine's files. The prefix must exec the command
+    (as `ip netns exec` does), so that the PID started is the process itself and stopping it by
+    PID stops it.
     """
 
     prefix: tuple[str, ...] = ()
