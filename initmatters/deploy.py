@@ -51,10 +51,34 @@ CONNECTION = "deploy"  # the [superlink.deploy] connection written to the SuperL
 CERTIFICATES_DIR = "certificates"  # CA, SuperLink and SuperNode keys of a deployment
 MAKE_CERTS = PROJECT_ROOT / "scripts" / "make_certs.sh"
 COMPLETED = "finished:completed"
+LOOPBACK = "127.0.0.1"
+# Probes https?://HOST:PORT/health from another host (argv: URL, CA file or ""); exit code 0 when it answers 200.
+HEALTH_PROBE = ("import ssl, sys, urllib.request as u; c = ssl.create_default_context(cafile=sys.argv[2]) "
+                "if sys.argv[2] else None; o = u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=c)); "
+                "sys.exit(o.open(sys.argv[1], timeout=2.0).status != 200)")
 
 
 class DeployError(RuntimeError):
     """A deployment step failed; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where a process of a deployment runs: `prefix` is prepended to its command line.
+
+    No prefix: this machine. ("ip", "netns", "exec", NAME): a network namespace, i.e. another
+    host on a test network that shares this machine's files. The prefix must exec the command
+    (as `ip netns exec` does), so that the PID started is the process itself and stopping it by
+    PID stops it.
+    """
+
+    prefix: tuple[str, ...] = ()
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        return [*self.prefix, *args]
+
+
+THIS_MACHINE = Host()
 
 
 @dataclass(frozen=True)
@@ -76,39 +100,60 @@ def stop_leftovers(workdir: Path, timeout: float = 10.0) -> None:
     terminate_pids(processes_with_flwr_home(workdir), timeout)
 
 
-def wait_until_serving(port: int, process: subprocess.Popen, ca_file: Path | None, timeout: float = 60.0) -> None:
-    """Block until the SuperLink's /health answers (over HTTPS when `ca_file` is given)."""
-    scheme = "https" if ca_file else "http"
+def health_answers(url: str, ca_file: Path | None, host: Host = THIS_MACHINE) -> bool:
+    """True when `url` (the SuperLink's /health) answers 200, asked from `host`."""
+    if host.prefix:
+        probe = host.command([sys.executable, "-c", HEALTH_PROBE, url, str(ca_file or "")])
+        try:
+            return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
                                          urllib.request.HTTPSHandler(context=context))
+    try:
+        with opener.open(url, timeout=2.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+        return False
+
+
+def wait_until_serving(port: int, process: subprocess.Popen, ca_file: Path | None, timeout: float = 60.0,
+                       host: Host = THIS_MACHINE) -> None:
+    """Block until the SuperLink's /health answers on loopback of its host (HTTPS when `ca_file` is given)."""
+    url = f"{'https' if ca_file else 'http'}://{LOOPBACK}:{port}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise DeployError(f"flower-superlink exited with code {process.returncode} during start-up")
-        try:
-            with opener.open(f"{scheme}://127.0.0.1:{port}/health", timeout=2.0) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
-            pass
+        if health_answers(url, ca_file, host):
+            return
         time.sleep(0.2)
     raise DeployError(f"flower-superlink did not answer on port {port} within {timeout:g}s")
 
 
 class LocalDeployment:
-    """A SuperLink and SuperNodes on this machine, each a process stopped by PID on exit.
+    """A SuperLink and SuperNodes, each a process stopped by PID on exit.
+
+    By default every process runs on this machine and the SuperLink listens on loopback. With
+    `address` (the SuperLink's IP address or host name as the SuperNodes reach it) the SuperLink
+    runs on `server` and listens on all its interfaces, as on a real server (its own ServerApp
+    still reaches it on loopback), `flwr` runs there too, each SuperNode on the Host given to
+    start_supernode, and the TLS certificate names `address` besides localhost and 127.0.0.1.
+    All hosts must see `workdir` (the same file system).
 
     Layout of `workdir`: superlink/ (its FLWR_HOME: config.toml, state.db), supernode-<K>/
     (FLWR_HOME of SuperNode K), logs/*.log, certificates/ (with tls). Use as a context manager;
     leaving it stops the SuperNodes, then the SuperLink, then anything they left behind.
     """
 
-    def __init__(self, workdir: Path, *, tls: bool = False, auth: bool = False) -> None:
+    def __init__(self, workdir: Path, *, tls: bool = False, auth: bool = False, address: str = LOOPBACK,
+                 server: Host = THIS_MACHINE) -> None:
         if auth and not tls:
             raise DeployError("--auth needs --tls: Flower enables SuperNode authentication only over TLS")
         self.workdir = workdir.resolve()
         self.tls, self.auth = tls, auth
+        self.host, self.server = address, server
         self.flwr_home = self.workdir / "superlink"
         self.logs = self.workdir / "logs"
         self.certs = self.workdir / CERTIFICATES_DIR
@@ -136,13 +181,23 @@ class LocalDeployment:
 
     @property
     def address(self) -> str:
+        """HOST:PORT of the SuperLink as the SuperNodes reach it."""
         if self.port is None:
             raise DeployError("the SuperLink is not started")
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def listen_host(self) -> str:
+        """The SuperLink's --host: loopback for a local deployment, all interfaces otherwise."""
+        return LOOPBACK if self.host == LOOPBACK else "0.0.0.0"
+
+    def certificate_names(self) -> list[str]:
+        """subjectAltNames of the SuperLink's certificate: localhost, 127.0.0.1 and its address."""
+        return list(dict.fromkeys(["localhost", LOOPBACK, self.host]))
 
     def _flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """`flwr ARGS --format json` against this SuperLink; its JSON answer (raises if unsuccessful)."""
-        command = [venv_script("flwr"), *args, "--format", "json"]
+        command = self.server.command([venv_script("flwr"), *args, "--format", "json"])
         completed = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout,
                                    cwd=self.workdir)
         try:
@@ -156,19 +211,21 @@ class LocalDeployment:
 
     # -- start-up ----------------------------------------------------------------------------
 
-    def make_certificates(self, num_keys: int) -> None:
-        """CA + SuperLink certificate for localhost/127.0.0.1, and `num_keys` SuperNode key pairs."""
+    def make_certificates(self, num_keys: int, names: Sequence[str] | None = None) -> None:
+        """CA + SuperLink certificate for `names` (default: certificate_names()), and `num_keys`
+        SuperNode key pairs."""
         if self.certs.exists():
             shutil.rmtree(self.certs)
-        completed = subprocess.run(["bash", str(MAKE_CERTS), "-o", str(self.certs), "-k", str(num_keys)],
-                                   capture_output=True, text=True, timeout=120)
+        names = self.certificate_names() if names is None else names
+        completed = subprocess.run(["bash", str(MAKE_CERTS), "-o", str(self.certs), "-n", ",".join(names),
+                                    "-k", str(num_keys)], capture_output=True, text=True, timeout=120)
         if completed.returncode:
             raise DeployError(f"{MAKE_CERTS.name} failed: {' '.join(completed.stderr.split())}")
 
     def start_superlink(self) -> None:
         """flower-superlink on a free port, waited for, plus the `deploy` connection in config.toml."""
         self.port = free_port()
-        command = [venv_script("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        command = [venv_script("flower-superlink"), "--host", self.listen_host, "--port", str(self.port),
                    "--database", str(self.flwr_home / "state.db"), "--disable-runtime-dependency-installation"]
         if self.tls:
             command += ["--ssl-certfile", str(self.certs / "server.pem"),
@@ -183,8 +240,9 @@ class LocalDeployment:
             stale.unlink()
         self._write_connection()
         self.superlink = self._stack.enter_context(
-            managed_process(command, self.env(), log_path=self.logs / "superlink.log", cwd=self.workdir))
-        wait_until_serving(self.port, self.superlink, self.certs / "ca.crt" if self.tls else None)
+            managed_process(self.server.command(command), self.env(), log_path=self.logs / "superlink.log",
+                            cwd=self.workdir))
+        wait_until_serving(self.port, self.superlink, self.certs / "ca.crt" if self.tls else None, host=self.server)
 
     def _write_connection(self) -> None:
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
@@ -196,9 +254,9 @@ class LocalDeployment:
         """`flwr supernode register PUBLIC_KEY deploy`; the node id the SuperLink assigned."""
         return int(self._flwr("supernode", "register", str(public_key), CONNECTION)["node-id"])
 
-    def start_supernode(self, name: str, node_config: str | None, private_key: Path | None = None
-                        ) -> subprocess.Popen:
-        """flower-supernode `name` (its own FLWR_HOME and runtime port) connected to this SuperLink."""
+    def start_supernode(self, name: str, node_config: str | None, private_key: Path | None = None,
+                        host: Host = THIS_MACHINE) -> subprocess.Popen:
+        """flower-supernode `name` (its own FLWR_HOME and runtime port) on `host`, connected to this SuperLink."""
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         command = [venv_script("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
@@ -208,22 +266,30 @@ class LocalDeployment:
         if node_config is not None:
             command += ["--node-config", node_config]
         process = self._stack.enter_context(
-            managed_process(command, self.env(home), log_path=self.logs / f"{name}.log", cwd=home))
+            managed_process(host.command(command), self.env(home), log_path=self.logs / f"{name}.log", cwd=home))
         self.supernodes[name] = process
         return process
 
-    def start(self, num_nodes: int) -> None:
-        """Certificates/keys as needed, the SuperLink, and SuperNodes 0..num_nodes-1, all connected."""
+    def start(self, num_nodes: int, node_hosts: Sequence[Host] | None = None) -> None:
+        """Certificates/keys as needed, the SuperLink, and SuperNodes 0..num_nodes-1 (SuperNode K on
+        node_hosts[K], default this machine), all connected."""
+        hosts = list(node_hosts) if node_hosts is not None else [THIS_MACHINE] * num_nodes
+        if len(hosts) != num_nodes:
+            raise DeployError(f"{len(hosts)} hosts for {num_nodes} SuperNodes: give one host per SuperNode")
         if self.tls:
             self.make_certificates(num_nodes if self.auth else 0)
         self.start_superlink()
-        for k in range(num_nodes):
-            key = None
-            if self.auth:
-                self.register(self.certs / f"supernode-{k}.pub")
-                key = self.certs / f"supernode-{k}"
-            self.start_supernode(f"supernode-{k}", f"partition-id={k} num-partitions={num_nodes}", key)
+        for k, host in enumerate(hosts):
+            self.start_node(k, num_nodes, host)
         self.wait_for_nodes()
+
+    def start_node(self, k: int, num_nodes: int, host: Host = THIS_MACHINE) -> subprocess.Popen:
+        """SuperNode `supernode-K` for partition K of `num_nodes` on `host`, registered first with --auth."""
+        key = None
+        if self.auth:
+            self.register(self.certs / f"supernode-{k}.pub")
+            key = self.certs / f"supernode-{k}"
+        return self.start_supernode(f"supernode-{k}", f"partition-id={k} num-partitions={num_nodes}", key, host)
 
     def online_nodes(self) -> list[dict[str, Any]]:
         """The SuperNodes the SuperLink lists as online (`flwr supernode list`)."""
@@ -264,7 +330,7 @@ class LocalDeployment:
     def run_app(self, overrides: Sequence[str], output_dir: Path) -> RunOutcome:
         """`flwr run <project> deploy --stream` with the given overrides and output-dir; how it ended."""
         run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
-        flwr_run(PROJECT_ROOT, self.env(), run_config, connection=CONNECTION)
+        flwr_run(PROJECT_ROOT, self.env(), run_config, connection=CONNECTION, prefix=self.server.prefix)
         summary_written = (output_dir / SUMMARY_FILE).exists()
         if self.superlink is None or self.superlink.poll() is not None:
             code = self.superlink.returncode if self.superlink else None

@@ -142,7 +142,8 @@ def die_with_parent() -> None:
 
     A launcher that is SIGKILLed can stop nothing itself; its SuperLink and `flwr run` then stop
     themselves (and, through Flower's own parent monitors, what they started), so nothing listens
-    after its run. Where prctl is not available this does nothing.
+    after its run. Where prctl is not available this does nothing. Linux counts the *thread*
+    that started the child as its parent: start a process from a thread that outlives it.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -269,12 +270,14 @@ def venv_script(name: str) -> str:
 
 
 def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str, str],
-             federation_config: Mapping[str, int | str] | None = None, connection: str | None = None) -> int:
+             federation_config: Mapping[str, int | str] | None = None, connection: str | None = None,
+             prefix: Sequence[str] = ()) -> int:
     """`flwr run <project> [connection] --run-config ... --stream`, output passed through; its exit code.
 
+    `prefix` runs the command elsewhere (e.g. `ip netns exec NAME`, on the SuperLink's host).
     Note: `flwr run --stream` exits 0 even when the run failed; callers check the results.
     """
-    command = [venv_script("flwr"), "run", str(project_dir)]
+    command = [*prefix, venv_script("flwr"), "run", str(project_dir)]
     if connection:
         command.append(connection)
     command += ["--run-config", " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())]

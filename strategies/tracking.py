@@ -6,7 +6,8 @@ and aggregate_train and calls super() (as Flower's own FedProx and FedAvgM exten
   that differ only in initialization (or strategy) sample the same clients in the same order;
 - aggregation in partition-id order, so float sums (and results) do not depend on the order in
   which replies arrive;
-- a report of the round's failed clients, and a clear error when none replied;
+- a report of the round's failed clients (the partitions without a reply, and why), and a clear
+  error when none replied;
 - the update diversity of the round's clients (mean pairwise cosine of w_k - w_global) and the
   number of replies, merged into the round's train metrics and handed to an optional sink;
 - optionally w(0) in every train message (clients measure noise memorization);
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -50,6 +52,12 @@ class _NodeSubsetGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def _sender(reply: Message) -> str:
+    """Who sent an error reply: a node, or the SuperLink itself (e.g. for a node whose heartbeat expired)."""
+    source = reply.metadata.src_node_id
+    return "the SuperLink" if source == SUPERLINK_NODE_ID else f"node {source}"
 
 
 class ExperimentTracking:
@@ -113,9 +121,12 @@ class ExperimentTracking:
         ordered = sorted(replies, key=lambda reply: self.partition_of_node.get(reply.metadata.src_node_id, -1))
         failed = [reply for reply in ordered if reply.has_error()]
         if failed:
-            reasons = "; ".join(f"node {reply.metadata.src_node_id}: {error_reason(reply)}" for reply in failed)
+            answered = {self.partition_of_node.get(reply.metadata.src_node_id) for reply in ordered
+                        if not reply.has_error()}
+            silent = [partition for partition in self.schedule[true_round - 1] if partition not in answered]
+            reasons = "; ".join(f"{_sender(reply)}: {error_reason(reply)}" for reply in failed)
             self.report(f"round {true_round}: {len(ordered) - len(failed)} of {len(ordered)} scheduled clients "
-                        f"replied ({reasons})")
+                        f"replied, none from partition-id {silent} ({reasons})")
         arrays, metrics = super().aggregate_train(true_round, ordered)
         if arrays is None:
             raise RuntimeError(f"round {true_round}: none of the {len(ordered)} scheduled clients replied, "

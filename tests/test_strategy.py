@@ -18,6 +18,7 @@ import pytest
 import torch
 from flower_fakes import FakeGrid, task_identity  # noqa: F401 (task_identity: autouse fixture)
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from initmatters.compose import load_settings
@@ -185,9 +186,20 @@ def test_a_failed_reply_is_reported_and_left_out(client_weights):
     assert len(reports) == 1
     report = reports[0]
     assert "\n" not in report
-    assert report.startswith("round 1: 2 of 4 scheduled clients replied")
+    assert report.startswith("round 1: 2 of 4 scheduled clients replied, none from partition-id [1, 3] (")
     assert "node 555: client crashed" in report
     assert "node 123456: node config partition-id=9 is bad" in report  # Flower's wrapping dropped
+
+
+def test_a_node_the_superlink_declared_unavailable_is_named_by_its_partition(client_weights):
+    """Flower's SuperLink answers for a node whose heartbeat expired, with its own node id as the
+    sender: the report names the partition that did not reply, not that id."""
+    reports = []
+    strategy = _strategy(reports=reports, schedule=[[0, 1, 2]])
+    unavailable = _error_reply(SUPERLINK_NODE_ID, reason="Error: Node Unavailable - no heartbeat")
+    strategy.aggregate_train(1, [_reply(0, client_weights[0]), unavailable, _reply(2, client_weights[2])])
+    assert reports == ["round 1: 2 of 3 scheduled clients replied, none from partition-id [1] "
+                       "(the SuperLink: Error: Node Unavailable - no heartbeat)"]
 
 
 def test_no_report_when_every_client_replied(client_weights):
