@@ -5,24 +5,31 @@
 
 With --multirun the `shared_simulation` launcher (hydra_plugins/initmatters_launcher) runs all
 jobs over one Flower simulation; each job writes the results contract into its Hydra job folder.
-Without --multirun this runs one in-process simulation into Hydra's run folder. `+experiment=`
-is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml so that
-`debug=default` can shrink any preset).
+Without --multirun this runs one in-process simulation into Hydra's run folder. A bad setting
+(also one value of a sweep) gets one line and exit code 2 before anything starts, as with
+initmatters-run. `+experiment=` is accepted as a synonym of `experiment=` (the group is declared
+in conf/config.yaml so that `debug=default` can shrink any preset).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from initmatters.compose import CONF_DIR, settings_from_config
+from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
+from initmatters_core.settings import SettingError
+from initmatters_core.tasks import load_task
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
@@ -55,10 +62,82 @@ def normalized_argv(argv: list[str]) -> list[str]:
     return [arg[1:] if arg.startswith("+experiment=") else arg for arg in argv]
 
 
+def is_hydra_override(item: str) -> bool:
+    """True for overrides of Hydra's own config (hydra.run.dir=..., hydra/launcher=...)."""
+    key = override_key(item)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """`overrides` with each value of every sweep (a,b,c / range() / choice()) once, the other sweeps
+    at their first value: every value is checked without composing the whole product.
+
+    Sweeps that only Hydra's config loader expands (glob()) or that list no values (interval()) are
+    left out here: the launcher checks every job.
+    """
+    choices: list[list[str]] = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+        except HydraException:  # glob() needs Hydra's config loader
+            values = []
+        if values:
+            choices.append(values)
+    base = [values[0] for values in choices]
+    variants = [base]
+    for index, values in enumerate(choices):
+        variants += [[*base[:index], value, *base[index + 1:]] for value in values[1:]]
+    return variants
+
+
+def command_line_problem(args: Sequence[str]) -> str | None:
+    """The one-line problem with the experiment settings on a sweep command line (None if fine).
+
+    Checked before Hydra starts, so a bad setting gets the one line and exit code 2 of
+    initmatters-run instead of Hydra's report. Without --multirun the run's files (init.path, a
+    dataset copy, the device) are checked too; with --multirun every value of each sweep is checked,
+    and the launcher checks every job (combinations, presets' own sweeps) before anything starts.
+    """
+    parsed = get_args_parser().parse_args(list(args))  # Hydra's own: its usage errors stay its own
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return None
+    items = [item for item in parsed.overrides if not is_hydra_override(item)]
+    problem = override_syntax_problem(items)
+    if problem:
+        return problem
+    if not parsed.multirun:
+        for override in OverridesParser.create().parse_overrides(items):
+            if override.is_sweep_override():
+                return f"{override.input_line} is invalid: allowed one value (sweep several with --multirun)"
+    try:
+        for variant in sweep_variants(items):
+            settings, _ = load_settings(variant)
+            if not parsed.multirun and parsed.cfg is None:
+                load_task(settings).check_before_start(settings)
+    except SettingError as error:
+        return str(error)
+    return None
+
+
+def check_command_line(args: Sequence[str]) -> int:
+    """0 when the command line's settings are fine; else print their one-line `error: ...` and return 2."""
+    problem = command_line_problem(normalized_argv(list(args)))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cli() -> None:
     """Console script `initmatters-sweep` (and `python -m initmatters.sweep`)."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
+    code = check_command_line(sys.argv[1:])
+    if code:
+        raise SystemExit(code)
     sys.argv = normalized_argv(sys.argv)
     main()
 

@@ -9,9 +9,11 @@ share one set of simulated SuperNodes: this launcher starts one simulation per d
 `fl.num_clients` and its ServerApp runs every job of the sweep on the same grid, each through
 Hydra's own `run_job` (job folders, .hydra/ files, output_dir as usual).
 
-It also makes sweeps livable: a progress line per job (done/total, time left), a failing job is
-reported with its overrides and the others go on, and a job whose folder already holds a
-finished run of the same resolved config is skipped (resume with the same hydra.sweep.dir).
+It also makes sweeps livable: every job's settings are checked before anything starts (a bad
+one: a one-line error, exit 2), a progress line per job (done/total, time left), a job failing
+while it runs is reported with its overrides and the others go on, and a job whose folder
+already holds a finished run of the same resolved config is skipped (resume with the same
+hydra.sweep.dir).
 With `hydra.launcher.connection=<name>` every job goes through `flwr run` to that Flower
 connection instead (e.g. a real deployment).
 
@@ -94,7 +96,6 @@ class _Job:
     output_dir: Path
     settings: Any = None  # ExperimentSettings once validated
     resolved_yaml: str = ""
-    error: str = ""
     finished_before: bool = False
 
 
@@ -150,14 +151,20 @@ class SharedSimulationLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         torch_threads_for_server()
-        jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        from initmatters_core.settings import SettingError
+
+        try:  # every job's settings, before anything starts: a bad one stops the sweep like a bad option
+            jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        except SettingError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         print(f"[sweep] {len(jobs)} jobs -> {sweep_dir}", flush=True)
         progress = _Progress(total=len(jobs))
         returns: dict[int, JobReturn] = {}
         for job in jobs:
-            if job.error or job.finished_before:
-                returns[job.index] = self._settled(job, progress)
+            if job.finished_before:
+                returns[job.index] = self._resumed(job, progress)
         pending = [job for job in jobs if job.index not in returns]
         for num_clients in sorted({job.settings.fl.num_clients for job in pending}):
             group = [job for job in pending if job.settings.fl.num_clients == num_clients]
@@ -178,13 +185,23 @@ class SharedSimulationLauncher(Launcher):
     # -- preparing jobs --------------------------------------------------------------------------
 
     def _prepare(self, index: int, overrides: list[str]) -> _Job:
-        """Compose the job's config, find its folder, validate its settings, check for resume."""
-        from initmatters.compose import settings_from_config
+        """Compose the job's config, find its folder, validate its settings, check for resume.
+
+        Raises SettingError (one line naming the setting) for a job Hydra cannot compose or whose
+        settings are invalid.
+        """
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from initmatters.compose import composition_problem, settings_from_config
         from initmatters_core.results import RunFiles
         from initmatters_core.settings import SettingError
 
         assert self.config is not None and self.hydra_context is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        try:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise SettingError(composition_problem(error, overrides)) from None
         with open_dict(config):
             config.hydra.job.id = index
             config.hydra.job.num = index
@@ -192,11 +209,7 @@ class SharedSimulationLauncher(Launcher):
         output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         job = _Job(index, filter_overrides(overrides), config, output_dir.resolve())
         task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-        try:
-            job.settings = settings_from_config(task_config)
-        except SettingError as error:
-            job.error = str(error)
-            return job
+        job.settings = settings_from_config(task_config)
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
         files = RunFiles(job.output_dir)
         config_file = files.config
@@ -207,11 +220,8 @@ class SharedSimulationLauncher(Launcher):
         )
         return job
 
-    def _settled(self, job: _Job, progress: _Progress) -> JobReturn:
-        """The JobReturn of a job that needs no run: invalid settings, or finished earlier."""
-        if job.error:
-            progress.record(job, "FAILED", None, f"({job.error})")
-            return self._job_return(job, JobStatus.FAILED, SweepJobFailed(self._failure(job, job.error)))
+    def _resumed(self, job: _Job, progress: _Progress) -> JobReturn:
+        """The JobReturn of a job that finished earlier (same resolved config in its folder)."""
         progress.record(job, "resumed", None, f"(finished run in {job.output_dir})")
         return self._job_return(job, JobStatus.COMPLETED, "resumed")
 
