@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initmatters import deploy, run, sweep
+from initmatters import deploy, report, run, sweep
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 TMP = "<tmp>"  # stands for the test's temporary folder in the table
@@ -61,6 +61,12 @@ CASES: list[tuple[str, list[str], str, str]] = [
      "error: init=random,pretrained is invalid: allowed one value (sweep several with --multirun)", ""),
     ("sweep", ["init=checkpoint", f"init.path={TMP}/missing.pt"],
      f"error: init.path='{TMP}/missing.pt' does not exist: give a saved state dict file", ""),
+    ("report", [f"{TMP}/missing"], f"error: {TMP}/missing does not exist: give a sweep folder (one holding run "
+                                   "folders)", ""),
+    ("report", [f"{TMP}/a-file"], f"error: {TMP}/a-file is a file: give a sweep folder (one holding run folders)",
+     "a-file"),
+    ("report", [f"{TMP}/empty"], f"error: no finished runs under {TMP}/empty (a finished run is a folder with "
+                                 "summary.json and rounds.csv); 0 unfinished", "empty"),
     ("deploy", ["--nodes", "0", "--", "debug=default"],
      "error: --nodes=0 is invalid: allowed a positive integer (one SuperNode per client)", ""),
     ("deploy", ["--nodes", "3", "--", "debug=default"],
@@ -73,7 +79,7 @@ CASES: list[tuple[str, list[str], str, str]] = [
 # initmatters-sweep checks its command line with check_command_line before Hydra starts (a
 # subprocess test in tests/test_sweep.py runs the whole command).
 MAINS: dict[str, Callable[[list[str]], int]] = {"run": run.main, "deploy": deploy.main,
-                                                "sweep": sweep.check_command_line}
+                                                "sweep": sweep.check_command_line, "report": report.main}
 
 
 def prepare(setup: str, tmp: Path) -> None:
@@ -81,6 +87,8 @@ def prepare(setup: str, tmp: Path) -> None:
         torch.save({"weight": torch.full((2, 4, 100), float("nan"))}, tmp / "nan.pt")
     elif setup == "a-file":
         (tmp / "a-file").write_text("x")
+    elif setup == "empty":
+        (tmp / "empty").mkdir()
     elif setup == "no-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
 
