@@ -1,11 +1,12 @@
 """Edge: run one experiment through `flwr run` on a private local simulation SuperLink.
 
-    python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--connection NAME]
+    python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--connection NAME] [--verbose]
     initmatters-run [the same]
 
 Validates the settings first (a bad one fails in a second, before any start-up), sets the Flower
 environment, runs the app with one SuperNode per client, and exits 0 only if the run wrote its
-summary.json (plain `flwr run --stream` exits 0 even when the run failed).
+summary.json (plain `flwr run --stream` exits 0 even when the run failed). The terminal shows the
+run's progress and result lines and Flower's warnings and errors; --verbose shows Flower's full log.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from initmatters.compose import CONF_DIR, absolute_path_overrides, group_options, load_settings
+from initmatters.flower_log import is_flower_noise
 from initmatters.launch import (
     DEFAULT_FLWR_HOME,
     PROJECT_ROOT,
@@ -63,6 +65,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cfg", choices=["job"], default=None,
                         help="print the resolved configuration and exit (nothing runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Flower's full log (default: this project's progress and result lines, "
+                             "Flower's warnings and errors)")
     args = parser.parse_args(argv)
     if args.client_gpus is not None and not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
         parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
@@ -160,7 +165,7 @@ def _main(args: argparse.Namespace) -> int:
           f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}, "
           f"strategy={settings.strategy.name}; results -> {output_dir}", flush=True)
     flwr_home = args.flwr_home.resolve()
-    run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
+    run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir), "verbose": args.verbose}
     if args.connection:
         superlink = nullcontext(flower_env(flwr_home))
         federation_config = None
@@ -173,7 +178,8 @@ def _main(args: argparse.Namespace) -> int:
                              "client-resources-num-gpus": share}
     try:
         with superlink as env:
-            flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
+            flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection,
+                     drop_line=None if args.verbose else is_flower_noise)
     except Interrupted as stop:
         files = RunFiles(output_dir)
         resume = (f"; resume it with: {resume_command(overrides, output_dir)}" if files.interrupted()

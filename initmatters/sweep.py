@@ -8,15 +8,19 @@ jobs over one Flower simulation; each job writes the results contract into its H
 Without --multirun this runs one in-process simulation into Hydra's run folder. A bad setting
 (also one value of a sweep) gets one line and exit code 2 before anything starts, as with
 initmatters-run. `+experiment=` is accepted as a synonym of `experiment=` (the group is declared
-in conf/config.yaml so that `debug=default` can shrink any preset).
+in conf/config.yaml so that `debug=default` can shrink any preset). Flower's log is calmed to this
+project's lines and Flower's warnings and errors; `hydra.verbose=flwr` shows all of it (with
+--multirun: `hydra.launcher.quiet_flower=false`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -26,6 +30,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
+from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import SettingError
@@ -35,6 +40,10 @@ from initmatters_core.tasks import load_task
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
 def main(config: DictConfig) -> None:
     """One job: an in-process Flower simulation writing into Hydra's output folder."""
+    verbose = flower_verbose(HydraConfig.get().verbose)
+    calm_flower_logs(verbose)  # first: importing Flower's simulation already logs
+    # Flower's console handler prints its records; Hydra's root handler would print them once more.
+    logging.getLogger(FLOWER_LOGGER).propagate = verbose
     from flwr.simulation import run_simulation
 
     from client_app.app import app as client_app
@@ -55,6 +64,15 @@ def main(config: DictConfig) -> None:
                   flush=True)
     if not RunFiles(output_dir).finished():
         raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
+
+
+def flower_verbose(hydra_verbose: Any) -> bool:
+    """Whether Hydra's own verbosity switch asks for Flower's full log: hydra.verbose=true, or
+    hydra.verbose=flwr (also in a list, e.g. [flwr,__main__])."""
+    if isinstance(hydra_verbose, bool):
+        return hydra_verbose
+    names = [hydra_verbose] if isinstance(hydra_verbose, str) else list(hydra_verbose or [])
+    return any(str(name) == FLOWER_LOGGER or str(name).startswith(f"{FLOWER_LOGGER}.") for name in names)
 
 
 def normalized_argv(argv: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ from initmatters_core.results import (
 from initmatters_core.settings import ExperimentSettings, client_settings
 from initmatters_core.tasks import load_task
 from server_app.checkpoint import load_checkpoint, save_checkpoint
-from server_app.discovery import discover_partitions
+from server_app.discovery import check_federation_size, discover_partitions
 from server_app.summary import run_summary
 from strategies import build_strategy
 
@@ -79,6 +79,7 @@ def run_federated(
     problem = output_dir_problem(files.root)
     if problem:
         raise RuntimeError(problem)
+    check_federation_size(grid, settings.fl.num_clients)  # e.g. plain `flwr run` on a 10-node federation
     if resume and files.finished():
         raise RuntimeError(f"cannot resume: {files.root} already holds a finished run")
     with RunLock(files):

@@ -55,7 +55,7 @@ class SharedSimulationLauncherConf:
     connection: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)  a Flower connection name: run each job with `flwr run` there
     client_num_cpus: int = 1  # Ray CPUs per simulated client (1 = one actor per core)
     client_num_gpus: float = 0.0  # per-client GPU resources for simulation (Ray GPU share; 0 = none)
-    quiet_flower: bool = True  # hide Flower's per-round INFO logs (the launcher prints per job)
+    quiet_flower: bool = True  # hide Flower's INFO logs and expected warnings (the launcher prints per job)
 
 
 ConfigStore.instance().store(
@@ -150,6 +150,9 @@ class SharedSimulationLauncher(Launcher):
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        from initmatters.flower_log import calm_flower_logs
+
+        calm_flower_logs(verbose=not self.quiet_flower)  # also Flower's start-up lines, before any job
         torch_threads_for_server()
         from initmatters_core.settings import SettingError
 
