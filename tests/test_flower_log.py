@@ -164,3 +164,47 @@ def test_a_run_on_a_larger_federation_writes_nothing(tmp_path: Path) -> None:
         run_federated(FakeGrid(range(10)), settings, resolved_yaml, tmp_path / "out")
     assert str(error.value) == TOO_MANY
     assert not (tmp_path / "out").exists()
+
+
+# --- the verbosity switch reaches every place it is accepted -------------------------------------
+
+
+def flower_filters() -> list[logging.Filter]:
+    return [f for f in logging.getLogger(FLOWER_LOGGER).filters if isinstance(f, CalmFlowerLog)]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_plain_flwr_run_honours_run_config_verbose(flower_records: Collect, tmp_path: Path, verbose: bool) -> None:
+    from flwr.app import Context, RecordDict
+
+    from server_app.app import main as server_main
+
+    run_config = {"overrides": "debug=default", "output-dir": str(tmp_path / "out"), "verbose": verbose}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    with pytest.raises(SettingError, match="the federation has 10 SuperNodes"):
+        server_main(FakeGrid(range(10)), context)
+    assert len(flower_filters()) == (0 if verbose else 1)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_and_deploy_pass_verbose_to_the_app_and_the_line_filter(tmp_path: Path, monkeypatch,
+                                                                    verbose: bool) -> None:
+    from contextlib import nullcontext
+
+    from initmatters import deploy, run
+
+    calls: list[tuple[dict, object]] = []
+
+    def fake_flwr_run(project, env, run_config, federation_config=None, connection=None, drop_line=None) -> int:
+        calls.append((dict(run_config), drop_line))
+        return 0
+
+    monkeypatch.setattr(run, "flwr_run", fake_flwr_run)
+    monkeypatch.setattr(run, "simulation_superlink", lambda home: nullcontext({}))
+    monkeypatch.setattr(deploy, "flwr_run", fake_flwr_run)
+    flag = ["--verbose"] if verbose else []
+    run.main(["debug=default", "--output-dir", str(tmp_path / "run"), "--flwr-home", str(tmp_path / "home"), *flag])
+    deploy.LocalDeployment(tmp_path / "deploy").run_app(["debug=default"], tmp_path / "deployed", verbose=verbose)
+    assert [(config["verbose"], drop is None) for config, drop in calls] == [(verbose, verbose)] * 2
+    assert all(drop is is_flower_noise for _, drop in calls if drop is not None)
+    assert deploy.parse_args(["--nodes", "2", *flag]).verbose is verbose
