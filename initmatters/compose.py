@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -71,10 +72,29 @@ def compose_config(overrides: str | Sequence[str] = ()) -> DictConfig:
     reject_duplicates(items)
     try:
         return _compose(items)
-    except MissingConfigException as error:
-        raise SettingError(_missing_option_message(error, items)) from None
     except (HydraException, OmegaConfBaseException) as error:
-        raise SettingError(_unknown_key_message(str(error), items) or " ".join(str(error).split())) from None
+        raise SettingError(composition_problem(error, items)) from None
+
+
+def composition_problem(error: HydraException | OmegaConfBaseException, items: list[str]) -> str:
+    """One line for an error Hydra raised composing conf/ with `items`: the setting and what is allowed."""
+    if isinstance(error, MissingConfigException):
+        return _missing_option_message(error, items)
+    return (_unknown_key_message(str(error), items) or override_syntax_problem(items)
+            or " ".join(str(error).split()))
+
+
+def override_syntax_problem(items: Sequence[str]) -> str | None:
+    """The one-line problem with the first override Hydra's grammar rejects (None if all parse)."""
+    parser = OverridesParser.create()
+    for item in items:
+        try:
+            parser.parse_overrides([item])
+        except OverrideParseException as error:
+            reason = "; ".join(line for line in str(error).splitlines()
+                               if line.strip() and not line.startswith(("See ", "Error parsing override")))
+            return f"{item} is invalid: allowed <setting>=<value> in Hydra's override syntax ({reason})"
+    return None
 
 
 def _compose(items: list[str]) -> DictConfig:

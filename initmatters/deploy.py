@@ -1,7 +1,7 @@
 """Edge: one-command local deployment, a SuperLink and N SuperNodes as separate processes.
 
     python -m initmatters.deploy --nodes N [--tls] [--auth] [--output-dir DIR | --resume DIR]
-                                 [--workdir DIR] [-- HYDRA OVERRIDES ...]
+                                 [--workdir DIR] [--verbose] [-- HYDRA OVERRIDES ...]
 
 Validates the settings first (a bad one fails in a second, before any start-up), starts a
 SuperLink and N SuperNodes (node config `partition-id=K num-partitions=N`) on free loopback
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from initmatters.flower_log import is_flower_noise
 from initmatters.launch import (
     PROJECT_ROOT,
     Interrupted,
@@ -327,10 +328,14 @@ class LocalDeployment:
         """The SuperLink's runs (`flwr list`), by run id."""
         return {int(run["run-id"]): run for run in self._flwr("list", CONNECTION)["runs"]}
 
-    def run_app(self, overrides: Sequence[str], output_dir: Path) -> RunOutcome:
-        """`flwr run <project> deploy --stream` with the given overrides and output-dir; how it ended."""
-        run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
-        flwr_run(PROJECT_ROOT, self.env(), run_config, connection=CONNECTION, prefix=self.server.prefix)
+    def run_app(self, overrides: Sequence[str], output_dir: Path, verbose: bool = False) -> RunOutcome:
+        """`flwr run <project> deploy --stream` with the given overrides and output-dir; how it ended.
+
+        verbose: Flower's full log (else this project's lines and Flower's warnings and errors).
+        """
+        run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir), "verbose": verbose}
+        flwr_run(PROJECT_ROOT, self.env(), run_config, connection=CONNECTION, prefix=self.server.prefix,
+                 drop_line=None if verbose else is_flower_noise)
         summary_written = (output_dir / SUMMARY_FILE).exists()
         if self.superlink is None or self.superlink.poll() is not None:
             code = self.superlink.returncode if self.superlink else None
@@ -363,6 +368,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="FLWR_HOMEs, logs and certificates (default: a temporary folder, removed after a "
                              "successful run; its private keys are removed on every exit)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Flower's full log (default: this project's progress and result lines, "
+                             "Flower's warnings and errors)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides after --, e.g. -- init=pretrained")
     return parser.parse_args(argv)
 
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             deployment.start(args.nodes)
             print(f"initmatters.deploy: SuperLink on {deployment.address}, {args.nodes} SuperNodes online; "
                   f"logs in {deployment.logs}", flush=True)
-            outcome = deployment.run_app(overrides, output_dir)
+            outcome = deployment.run_app(overrides, output_dir, verbose=args.verbose)
     except Interrupted as stop:
         print(f"initmatters.deploy: stopped by {stop}; every process stopped (logs in {workdir / 'logs'})",
               file=sys.stderr)

@@ -18,10 +18,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO
 
 from initmatters_core.results import pid_alive
 
@@ -185,17 +185,20 @@ def stop_signals_raise() -> Iterator[None]:
 
 @contextmanager
 def managed_process(command: Sequence[str], env: Mapping[str, str], log_path: Path | None = None,
-                    cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+                    cwd: Path | None = None, pipe_output: bool = False) -> Iterator[subprocess.Popen]:
     """Start `command` in a new session; always stop it (by PID) when the block exits.
 
-    Output goes to `log_path` when given, else to this process's stdout/stderr.
+    Output goes to `log_path` when given, to text pipes (process.stdout, process.stderr) with
+    pipe_output, else to this process's stdout/stderr.
     """
     if log_path:
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log_handle = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    pipe = subprocess.PIPE if pipe_output else None
     try:
-        process = subprocess.Popen(list(command), env=dict(env), stdout=log_handle,
-                                   stderr=subprocess.STDOUT if log_handle else None,
+        process = subprocess.Popen(list(command), env=dict(env), stdout=log_handle or pipe,
+                                   stderr=subprocess.STDOUT if log_handle else pipe, text=pipe_output,
+                                   errors="replace" if pipe_output else None,
                                    start_new_session=True, cwd=cwd, preexec_fn=die_with_parent)
         try:
             yield process
@@ -269,11 +272,13 @@ def venv_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str, str],
+def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str, str | bool],
              federation_config: Mapping[str, int | str] | None = None, connection: str | None = None,
-             prefix: Sequence[str] = ()) -> int:
+             drop_line: Callable[[str], bool] | None = None, prefix: Sequence[str] = ()) -> int:
     """`flwr run <project> [connection] --run-config ... --stream`, output passed through; its exit code.
 
+    drop_line: a line of its stdout or stderr for which this is True is not passed on (the
+    others are, to the same stream, as they come).
     `prefix` runs the command elsewhere (e.g. `ip netns exec NAME`, on the SuperLink's host).
     Note: `flwr run --stream` exits 0 even when the run failed; callers check the results.
     """
@@ -284,5 +289,30 @@ def flwr_run(project_dir: Path, env: Mapping[str, str], run_config: Mapping[str,
     if federation_config:
         command += ["--federation-config", " ".join(f"{key}={value}" for key, value in federation_config.items())]
     command.append("--stream")
-    with managed_process(command, env) as process:
-        return process.wait()
+    if drop_line is None:
+        with managed_process(command, env) as process:
+            return process.wait()
+    return run_filtered(command, env, drop_line)
+
+
+def run_filtered(command: Sequence[str], env: Mapping[str, str], drop_line: Callable[[str], bool]) -> int:
+    """Run `command` (a managed_process) passing on its stdout and stderr lines, as they come and to
+    the same streams, except those for which drop_line is True; its exit code."""
+    with managed_process(command, env, pipe_output=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        copiers = [threading.Thread(target=_copy_lines, args=(source, target, drop_line), daemon=True)
+                   for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr))]
+        for copier in copiers:
+            copier.start()
+        code = process.wait()
+        for copier in copiers:
+            copier.join(timeout=5.0)
+        return code
+
+
+def _copy_lines(source: IO[str], target: TextIO, drop_line: Callable[[str], bool]) -> None:
+    """Copy the lines of `source` to `target` as they come, except those `drop_line` drops."""
+    for line in source:
+        if not drop_line(line):
+            target.write(line)
+            target.flush()

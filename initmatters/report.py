@@ -21,8 +21,10 @@ too. Where the final row has pop_test_error (the synthetic task's population tes
 data.population_samples > 0), the same statistics and the penalty are also given for it
 (pop_test_error, pop_heterogeneity_penalty), next to the finite-test-set ones.
 
-Everything is written atomically (temporary file + rename) into --out (default: the sweep
-folder): summary.csv, summary.md and figures/*.png.
+Everything is computed and rendered first, then written atomically (temporary file + rename)
+into --out (default: the sweep folder): summary.csv, summary.md and figures/*.png. A missing or
+empty sweep folder, or an --out that cannot be written, is one line on stderr and exit code 2,
+with nothing written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import json
 import math
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
@@ -57,7 +61,7 @@ from initmatters_core.plots import (  # noqa: E402
     init_rank,
     integer_ticks,
     marker_every,
-    save_figure,
+    render_png,
     shade,
     style,
 )
@@ -67,6 +71,7 @@ from initmatters_core.results import (  # noqa: E402
     SUMMARY_FILE,
     format_cell,
     read_rounds_csv,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from initmatters_core.settings import flatten_settings  # noqa: E402
@@ -175,8 +180,10 @@ class Group:
 def scan_sweep(folder: Path) -> tuple[list[Run], list[Unfinished]]:
     """(finished runs, unfinished runs) under `folder`, both sorted by path."""
     folder = Path(folder)
+    if not folder.exists():
+        raise ReportError(f"{folder} does not exist: give a sweep folder (one holding run folders)")
     if not folder.is_dir():
-        raise ReportError(f"{folder} is not a folder")
+        raise ReportError(f"{folder} is a file: give a sweep folder (one holding run folders)")
     runs: list[Run] = []
     unfinished: list[Unfinished] = []
     for directory in _walk(folder):
@@ -488,24 +495,37 @@ SCHEME_NAMES = {"label_skew": "label skew", "iid": "IID", "dirichlet": "Dirichle
 MISALIGNED = "misaligned"
 
 
-def make_figures(groups: Sequence[Group], keys: Sequence[str], figures_dir: Path) -> list[Path]:
-    """Write the figures whose keys vary; remove this report's stale ones; return written paths."""
+def render_figures(groups: Sequence[Group], keys: Sequence[str]) -> dict[str, bytes | None]:
+    """PNG bytes of every figure of this report by file name; None for a figure whose keys do not vary."""
     makers: dict[str, Callable[[Sequence[Group], Sequence[str]], plt.Figure | None]] = {
         "test_error_vs_h": figure_test_error_vs_h,
         "misaligned_vs_round": figure_misaligned_vs_round,
         "pretraining_steps": figure_pretraining_steps,
         "init_variants": figure_init_variants,
     }
-    written = []
+    rendered: dict[str, bytes | None] = {}
     for name, maker in makers.items():
-        path = figures_dir / FIGURE_FILES[name]
         figure = maker(groups, keys)
-        if figure is None:
+        rendered[FIGURE_FILES[name]] = None if figure is None else render_png(figure)
+    return rendered
+
+
+def write_figures(rendered: Mapping[str, bytes | None], figures_dir: Path) -> list[Path]:
+    """Write the rendered figures; remove this report's stale ones (None); return written paths."""
+    written = []
+    for name, png in rendered.items():
+        path = figures_dir / name
+        if png is None:
             path.unlink(missing_ok=True)
             continue
-        save_figure(figure, path)
+        write_bytes_atomic(path, png)
         written.append(path)
     return written
+
+
+def make_figures(groups: Sequence[Group], keys: Sequence[str], figures_dir: Path) -> list[Path]:
+    """Write the figures whose keys vary; remove this report's stale ones; return written paths."""
+    return write_figures(render_figures(groups, keys), figures_dir)
 
 
 def figure_test_error_vs_h(groups: Sequence[Group], keys: Sequence[str]) -> plt.Figure | None:
@@ -1022,19 +1042,24 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
     """Read `folder`, write summary.csv, summary.md and figures/ into `out` (default `folder`).
 
     Returns {"runs", "configurations", "unfinished", "keys", "rows", "files"}; raises ReportError
-    when there is no finished run."""
+    when there is no finished run or `out` cannot be written, before writing anything. Everything
+    is computed and rendered first, then written (each file atomically)."""
     folder = Path(folder)
     out = folder if out is None else Path(out)
     runs, unfinished = scan_sweep(folder)
     if not runs:
         raise ReportError(f"no finished runs under {folder} (a finished run is a folder with "
                           f"{SUMMARY_FILE} and {ROUNDS_FILE}); {len(unfinished)} unfinished")
+    problem = out_folder_problem(out)
+    if problem:
+        raise ReportError(problem)
     unfinished = [Unfinished(_relative(u.path, folder), u.reason, u.settings) for u in unfinished]
     groups = group_runs(runs)
     keys = varying_keys(groups) or [k for k in (INIT_KEY,) if any(k in g.settings for g in groups)]
     rows = summarize(groups, keys)
     skewed = asks_for_skew(groups)
-    figures = make_figures(groups, keys, out / FIGURES_DIR)
+    rendered = render_figures(groups, keys)
+    figures = [out / FIGURES_DIR / name for name, png in rendered.items() if png is not None]
     duplicates = [_relative(p, folder) for g in groups for p in g.duplicates]
     notes = []
     if duplicates:
@@ -1046,11 +1071,32 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
                      f"{math.fsum(wall) / len(wall):.1f} s per run.")
     markdown = render_markdown(rows, keys, unfinished, source=str(folder), n_runs=sum(len(g.runs) for g in groups),
                                figures=[f"{FIGURES_DIR}/{p.name}" for p in figures], notes=notes, skewed=skewed)
-    write_text_atomic(out / "summary.csv", render_csv(rows, keys, skewed))
+    csv_text = render_csv(rows, keys, skewed)
+    write_figures(rendered, out / FIGURES_DIR)
+    write_text_atomic(out / "summary.csv", csv_text)
     write_text_atomic(out / "summary.md", markdown)
     return {"runs": sum(len(g.runs) for g in groups), "configurations": len(groups), "unfinished": unfinished,
             "duplicates": duplicates, "keys": keys, "rows": rows,
             "files": [out / "summary.csv", out / "summary.md", *figures]}
+
+
+def out_folder_problem(out: Path) -> str | None:
+    """The one-line problem with writing the report into `out` (None if fine).
+
+    Tried with a probe file (and the folder made if missing), since permission bits alone do not
+    tell (root writes anywhere, a read-only mount refuses everyone).
+    """
+    if out.exists() and not out.is_dir():
+        return f"--out={out} is a file: give a folder"
+    targets = [out, out / FIGURES_DIR] if (out / FIGURES_DIR).is_dir() else [out]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            with tempfile.TemporaryFile(dir=target):
+                pass
+    except OSError as error:
+        return f"--out={out} cannot be written ({error.strerror or type(error).__name__}): give a writable folder"
+    return None
 
 
 def _relative(path: Path, folder: Path) -> Path:
@@ -1068,12 +1114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="sweep folder; every subfolder with summary.json "
                         "and rounds.csv is a finished run")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     try:
         result = write_report(args.folder, args.out)
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a one-line error for the user; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {' '.join(str(error).split()) or type(error).__name__} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
     out = args.folder if args.out is None else args.out
     print(f"report: {result['runs']} finished runs in {result['configurations']} configurations, "
           f"{len(result['unfinished'])} unfinished, {len(result['duplicates'])} duplicate(s) ignored; "

@@ -2,13 +2,15 @@
 engine through `flwr run`, or on a Flower connection (e.g. a real deployment).
 
     python -m initmatters.run [HYDRA OVERRIDES ...] [--output-dir DIR] [--backend inline|ray] [--connection NAME]
+                              [--verbose]
     initmatters-run [the same]
 
 Validates the settings first (a bad one fails in a second, before any start-up) and exits 0 only
 if the run wrote its summary.json (plain `flwr run --stream` exits 0 even when the run failed).
 `--backend inline` runs the ServerApp here and the ClientApp in long-lived worker processes
 (initmatters.inline); `--backend ray` starts a private simulation SuperLink and `flwr run` with one
-SuperNode per client. Both give bit-identical results.
+SuperNode per client. Both give bit-identical results. The terminal shows the run's progress and
+result lines and Flower's warnings and errors; --verbose shows Flower's full log.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from initmatters.compose import CONF_DIR, absolute_path_overrides, group_options, load_settings
+from initmatters.flower_log import calm_flower_logs, is_flower_noise
 from initmatters.launch import (
     DEFAULT_FLWR_HOME,
     PROJECT_ROOT,
@@ -74,6 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cfg", choices=["job"], default=None,
                         help="print the resolved configuration and exit (nothing runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Flower's full log (default: this project's progress and result lines, "
+                             "Flower's warnings and errors)")
     args = parser.parse_args(argv)
     if args.client_gpus is not None and not (args.client_gpus >= 0.0 and args.client_gpus < float("inf")):
         parser.error(f"--client-gpus={args.client_gpus} is invalid: allowed a number >= 0")
@@ -223,6 +229,7 @@ def _run_inline(args: argparse.Namespace, settings: ExperimentSettings, resolved
     note = gpu_note(settings)
     if note:
         print(f"initmatters: {note}", flush=True)
+    calm_flower_logs(args.verbose)
     run_inline(settings, resolved_yaml, output_dir, args.workers, env=flower_env(args.flwr_home.resolve()))
 
 
@@ -230,7 +237,7 @@ def _run_with_flwr(args: argparse.Namespace, settings: ExperimentSettings, overr
                    output_dir: Path) -> None:
     """`flwr run` on a private simulation SuperLink (ray backend) or on args.connection."""
     flwr_home = args.flwr_home.resolve()
-    run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir)}
+    run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir), "verbose": args.verbose}
     if args.connection:
         superlink = nullcontext(flower_env(flwr_home))
         federation_config = None
@@ -242,7 +249,8 @@ def _run_with_flwr(args: argparse.Namespace, settings: ExperimentSettings, overr
         federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
                              "client-resources-num-gpus": share}
     with superlink as env:
-        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection)
+        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection,
+                 drop_line=None if args.verbose else is_flower_noise)
 
 
 if __name__ == "__main__":

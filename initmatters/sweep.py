@@ -6,32 +6,47 @@
 With --multirun the `shared_simulation` launcher (hydra_plugins/initmatters_launcher) runs all
 jobs over one Flower simulation; each job writes the results contract into its Hydra job folder.
 Without --multirun this runs one experiment into Hydra's run folder, on the backend that
-hydra.launcher.backend names (inline by default, or ray). `+experiment=`
-is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml so that
-`debug=default` can shrink any preset).
+hydra.launcher.backend names (inline by default, or ray). A bad setting (also one value of a
+sweep) gets one line and exit code 2 before anything starts, as with initmatters-run.
+`+experiment=` is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml
+so that `debug=default` can shrink any preset). Flower's log is calmed to this project's lines and
+Flower's warnings and errors; `hydra.verbose=flwr` shows all of it (with --multirun:
+`hydra.launcher.quiet_flower=false`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.initmatters_launcher.shared_simulation_launcher import launcher_option_problem
-from initmatters.compose import CONF_DIR, settings_from_config
+from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
+from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import ExperimentSettings, SettingError
+from initmatters_core.tasks import load_task
 from initmatters_core.trackers import check_trackers_installed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
 def main(config: DictConfig) -> None:
     """One job into Hydra's output folder, on the backend of hydra.launcher (inline by default)."""
+    verbose = flower_verbose(HydraConfig.get().verbose)
+    calm_flower_logs(verbose)  # first: importing Flower already logs
+    # Flower's console handler prints its records; Hydra's root handler would print them once more.
+    logging.getLogger(FLOWER_LOGGER).propagate = verbose
     settings = settings_from_config(config)
     check_trackers_installed(settings.log)  # before any start-up
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -77,15 +92,96 @@ def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Pa
                   flush=True)
 
 
+def flower_verbose(hydra_verbose: Any) -> bool:
+    """Whether Hydra's own verbosity switch asks for Flower's full log: hydra.verbose=true, or
+    hydra.verbose=flwr (also in a list, e.g. [flwr,__main__])."""
+    if isinstance(hydra_verbose, bool):
+        return hydra_verbose
+    names = [hydra_verbose] if isinstance(hydra_verbose, str) else list(hydra_verbose or [])
+    return any(str(name) == FLOWER_LOGGER or str(name).startswith(f"{FLOWER_LOGGER}.") for name in names)
+
+
 def normalized_argv(argv: list[str]) -> list[str]:
     """`+experiment=x` -> `experiment=x` (the experiment group is already in the defaults list)."""
     return [arg[1:] if arg.startswith("+experiment=") else arg for arg in argv]
+
+
+def is_hydra_override(item: str) -> bool:
+    """True for overrides of Hydra's own config (hydra.run.dir=..., hydra/launcher=...)."""
+    key = override_key(item)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
+    """`overrides` with each value of every sweep (a,b,c / range() / choice()) once, the other sweeps
+    at their first value: every value is checked without composing the whole product.
+
+    Sweeps that only Hydra's config loader expands (glob()) or that list no values (interval()) are
+    left out here: the launcher checks every job.
+    """
+    choices: list[list[str]] = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = [f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+        except HydraException:  # glob() needs Hydra's config loader
+            values = []
+        if values:
+            choices.append(values)
+    base = [values[0] for values in choices]
+    variants = [base]
+    for index, values in enumerate(choices):
+        variants += [[*base[:index], value, *base[index + 1:]] for value in values[1:]]
+    return variants
+
+
+def command_line_problem(args: Sequence[str]) -> str | None:
+    """The one-line problem with the experiment settings on a sweep command line (None if fine).
+
+    Checked before Hydra starts, so a bad setting gets the one line and exit code 2 of
+    initmatters-run instead of Hydra's report. Without --multirun the run's files (init.path, a
+    dataset copy, the device) are checked too; with --multirun every value of each sweep is checked,
+    and the launcher checks every job (combinations, presets' own sweeps) before anything starts.
+    """
+    parsed = get_args_parser().parse_args(list(args))  # Hydra's own: its usage errors stay its own
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return None
+    items = [item for item in parsed.overrides if not is_hydra_override(item)]
+    problem = override_syntax_problem(items)
+    if problem:
+        return problem
+    if not parsed.multirun:
+        for override in OverridesParser.create().parse_overrides(items):
+            if override.is_sweep_override():
+                return f"{override.input_line} is invalid: allowed one value (sweep several with --multirun)"
+    try:
+        for variant in sweep_variants(items):
+            settings, _ = load_settings(variant)
+            if not parsed.multirun and parsed.cfg is None:
+                load_task(settings).check_before_start(settings)
+    except SettingError as error:
+        return str(error)
+    return None
+
+
+def check_command_line(args: Sequence[str]) -> int:
+    """0 when the command line's settings are fine; else print their one-line `error: ...` and return 2."""
+    problem = command_line_problem(normalized_argv(list(args)))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cli() -> None:
     """Console script `initmatters-sweep` (and `python -m initmatters.sweep`)."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
+    code = check_command_line(sys.argv[1:])
+    if code:
+        raise SystemExit(code)
     sys.argv = normalized_argv(sys.argv)
     main()
 

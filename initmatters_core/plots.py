@@ -124,14 +124,19 @@ def filters_text(model: Any, dataset: Any, filters_per_class: Any, row: Mapping[
     return f"C·m = {classes}·{m} = {classes * m} filters" if classes else ""
 
 
-def save_figure(figure: plt.Figure, path: Path) -> Path:
-    """Write `figure` as a PNG atomically and close it; returns the path."""
+def render_png(figure: plt.Figure) -> bytes:
+    """`figure` as PNG bytes; closes it."""
     buffer = io.BytesIO()
     try:
         figure.savefig(buffer, format="png", dpi=STYLE["savefig.dpi"], bbox_inches="tight")
     finally:
         plt.close(figure)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """Write `figure` as a PNG atomically and close it; returns the path."""
+    write_bytes_atomic(Path(path), render_png(figure))
     return Path(path)
 
 

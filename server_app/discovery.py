@@ -8,6 +8,27 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from initmatters.protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, PARTITION_KEY, error_reason
+from initmatters_core.settings import SettingError
+
+SETTLE_S = 1.0  # SuperNodes may still be registering when more than enough are seen: count again after this
+
+
+def too_many_nodes_message(num_nodes: int, num_clients: int) -> str:
+    """One line for a federation with more SuperNodes than clients, with both ways out."""
+    return (f"fl.num_clients={num_clients} is invalid here: the federation has {num_nodes} SuperNodes, one per "
+            f"client is needed: run it with --federation-config \"num-supernodes={num_clients}\" (simulation), "
+            f"or set fl.num_clients={num_nodes}")
+
+
+def check_federation_size(grid: Grid, num_clients: int) -> None:
+    """Fail at once (SettingError) when more SuperNodes than clients are connected.
+
+    Called before anything is computed or written; too few may still be connecting, which
+    discover_partitions waits for.
+    """
+    if len(grid.get_node_ids()) > num_clients:
+        time.sleep(SETTLE_S)
+        raise SettingError(too_many_nodes_message(len(grid.get_node_ids()), num_clients))
 
 
 def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int, int]:
@@ -19,6 +40,8 @@ def discover_partitions(grid: Grid, num_clients: int, wait_s: float) -> dict[int
     deadline = time.monotonic() + wait_s
     while len(node_ids := list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
         time.sleep(0.2)
+    if len(node_ids) > num_clients:
+        check_federation_size(grid, num_clients)
     if len(node_ids) != num_clients:
         raise RuntimeError(
             f"fl.num_clients={num_clients} but {len(node_ids)} SuperNodes are connected after {wait_s:g}s: "

@@ -38,7 +38,7 @@ from initmatters_core.settings import ExperimentSettings, client_settings, flatt
 from initmatters_core.tasks import load_task
 from initmatters_core.trackers import check_trackers_installed, open_trackers
 from server_app.checkpoint import load_checkpoint, save_checkpoint
-from server_app.discovery import discover_partitions
+from server_app.discovery import check_federation_size, discover_partitions
 from server_app.summary import run_summary
 from strategies import build_strategy
 
@@ -84,6 +84,7 @@ def run_federated(
     problem = output_dir_problem(files.root)
     if problem:
         raise RuntimeError(problem)
+    check_federation_size(grid, settings.fl.num_clients)  # e.g. plain `flwr run` on a 10-node federation
     if resume and files.finished():
         raise RuntimeError(f"cannot resume: {files.root} already holds a finished run")
     check_trackers_installed(settings.log)

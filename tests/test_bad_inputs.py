@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initmatters import deploy, run
+from initmatters import deploy, report, run, sweep
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 TMP = "<tmp>"  # stands for the test's temporary folder in the table
@@ -50,6 +50,29 @@ CASES: list[tuple[str, list[str], str, str]] = [
     ("run", ["data=cifar10", f"data.data_dir={TMP}/no-copy"],
      f"error: data.name=cifar10: no local copy at {TMP}/no-copy (expected train-*.parquet files or a train/ "
      "image folder)...", ""),
+    ("run", ["fl.lr=[1,2"], "error: fl.lr=[1,2 is invalid: allowed <setting>=<value> in Hydra's override syntax "
+                            "(no viable alternative at input '[1,2')", ""),
+    ("sweep", ["heterogeneity.h=1.5"], "error: heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]", ""),
+    ("sweep", ["--multirun", "debug=default", "heterogeneity.h=0.0,1.5"],
+     "error: heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]", ""),
+    ("sweep", ["--multirun", "init=random,foo"], "error: init='foo' is invalid: allowed align_flip|checkpoint|"
+                                                 "federated_pretrained|imagenet|misaligned_fraction|pretrained|"
+                                                 "proxy_pretrained|random", ""),
+    ("sweep", ["fl.nonsense=1"], "error: fl.nonsense is not a known setting: allowed fl.num_clients|fl.num_rounds|"
+                                 "fl.local_steps|fl.lr|fl.batch_size|fl.fraction_train|fl.wait_for_nodes_s|"
+                                 "fl.local_epochs|fl.momentum|fl.weight_decay|fl.device", ""),
+    ("sweep", ["--multirun", "seed=0,1", "fl.lr=(0.1"],
+     "error: fl.lr=(0.1 is invalid: allowed <setting>=<value> in Hydra's override syntax...", ""),
+    ("sweep", ["init=random,pretrained"],
+     "error: init=random,pretrained is invalid: allowed one value (sweep several with --multirun)", ""),
+    ("sweep", ["init=checkpoint", f"init.path={TMP}/missing.pt"],
+     f"error: init.path='{TMP}/missing.pt' does not exist: give a saved state dict file", ""),
+    ("report", [f"{TMP}/missing"], f"error: {TMP}/missing does not exist: give a sweep folder (one holding run "
+                                   "folders)", ""),
+    ("report", [f"{TMP}/a-file"], f"error: {TMP}/a-file is a file: give a sweep folder (one holding run folders)",
+     "a-file"),
+    ("report", [f"{TMP}/empty"], f"error: no finished runs under {TMP}/empty (a finished run is a folder with "
+                                 "summary.json and rounds.csv); 0 unfinished", "empty"),
     ("deploy", ["--nodes", "0", "--", "debug=default"],
      "error: --nodes=0 is invalid: allowed a positive integer (one SuperNode per client)", ""),
     ("deploy", ["--nodes", "3", "--", "debug=default"],
@@ -59,7 +82,10 @@ CASES: list[tuple[str, list[str], str, str]] = [
      "error: --auth needs --tls: Flower enables SuperNode authentication only over TLS", ""),
 ]
 
-MAINS: dict[str, Callable[[list[str]], int]] = {"run": run.main, "deploy": deploy.main}
+# initmatters-sweep checks its command line with check_command_line before Hydra starts (a
+# subprocess test in tests/test_sweep.py runs the whole command).
+MAINS: dict[str, Callable[[list[str]], int]] = {"run": run.main, "deploy": deploy.main,
+                                                "sweep": sweep.check_command_line, "report": report.main}
 
 
 def prepare(setup: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,6 +93,8 @@ def prepare(setup: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         torch.save({"weight": torch.full((2, 4, 100), float("nan"))}, tmp / "nan.pt")
     elif setup == "a-file":
         (tmp / "a-file").write_text("x")
+    elif setup == "empty":
+        (tmp / "empty").mkdir()
     elif setup == "no-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     elif setup == "no-tensorboard":
@@ -93,6 +121,8 @@ def render_table() -> str:
         "Every bad input is caught before any start-up (no Flower, no Ray), answered with one line on",
         "stderr and exit code 2; `--debug` shows a traceback where there is one. This table is rendered",
         "from `tests/test_bad_inputs.py`, which runs each case (`<tmp>` stands for a folder of the test).",
+        "`initmatters-sweep --multirun` checks every value of each sweep, and then every job of the",
+        "sweep, before the first job starts: one bad job stops the whole sweep with its one line.",
         "",
         "| command | what the user gave | what they get (exit 2) |",
         "| --- | --- | --- |",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initmatters.launch import PROJECT_ROOT, processes_with_flwr_home
+from initmatters.launch import PROJECT_ROOT, flwr_run, processes_with_flwr_home, simulation_superlink
 from initmatters_core.results import read_rounds_csv
 from initmatters_core.tasks.synthetic.task import ROUND_COLUMNS
 
@@ -106,3 +106,23 @@ def test_bad_setting_fails_before_start_up(tmp_path: Path) -> None:
     ]
     assert not (tmp_path / "flwr-home").exists()  # nothing was started
     assert time.monotonic() - started < 60
+
+
+def test_plain_flwr_run_on_a_larger_federation_fails_at_once_with_one_line(tmp_path: Path, capfd) -> None:
+    """Plain `flwr run .` with debug=default (2 clients) on a 10-SuperNode federation: one error line
+    naming both ways out, no traceback, nothing written."""
+    out = tmp_path / "results"
+    with simulation_superlink(tmp_path / "flwr-home") as env:
+        flwr_run(PROJECT_ROOT, env, {"overrides": "debug=default", "output-dir": str(out)},
+                 {"num-supernodes": 10, "client-resources-num-cpus": 1})
+    output = capfd.readouterr()
+    text = output.out + output.err
+    expected = ('error: fl.num_clients=2 is invalid here: the federation has 10 SuperNodes, one per client is '
+                'needed: run it with --federation-config "num-supernodes=2" (simulation), or set fl.num_clients=10')
+    assert text.count(expected) == 1, text[-3000:]
+    assert "Traceback" not in text
+    assert not out.exists()
+    deadline = time.monotonic() + 10
+    while processes_with_flwr_home(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_with_flwr_home(tmp_path) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -352,7 +353,63 @@ def test_folder_without_runs_is_a_one_line_error_exit_2(tmp_path: Path, capsys) 
     assert captured.err.startswith(f"error: no finished runs under {tmp_path}") and "1 unfinished" in captured.err
     assert not (tmp_path / "summary.csv").exists()
     assert report.main([str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'} is not a folder\n"
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'missing'} does not exist: give a sweep folder "
+                                       "(one holding run folders)\n")
+    (tmp_path / "a-file").write_text("x")
+    assert report.main([str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'a-file'} is a file: give a sweep folder "
+                                       "(one holding run folders)\n")
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: no finished runs under {tmp_path / 'empty'} (a finished run is a folder with summary.json "
+        "and rounds.csv); 0 unfinished"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def unwritable_folder(tmp_path: Path) -> tuple[Path, str]:
+    """(a folder this process cannot write into, the reason the report gives): a read-only folder,
+    or for root (who writes anywhere) a folder below a file."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder, "Permission denied"
+    (tmp_path / "plain-file").write_text("x")
+    return tmp_path / "plain-file" / "report", "Not a directory"
+
+
+def test_out_that_cannot_be_written_is_one_line_exit_2_and_nothing_written(sweep: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    before = sorted(path.relative_to(sweep) for path in sweep.rglob("*"))
+    out, reason = unwritable_folder(tmp_path)
+    try:
+        assert report.main([str(sweep), "--out", str(out)]) == 2
+    finally:
+        if out.name == "read-only":
+            out.chmod(0o700)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"error: --out={out} cannot be written ({reason}): give a writable folder"]
+    assert sorted(path.relative_to(sweep) for path in sweep.rglob("*")) == before
+    assert not out.exists() or list(out.iterdir()) == []
+    (tmp_path / "out-file").write_text("x")
+    assert report.main([str(sweep), "--out", str(tmp_path / "out-file")]) == 2
+    assert capsys.readouterr().err == f"error: --out={tmp_path / 'out-file'} is a file: give a folder\n"
+    assert (tmp_path / "out-file").read_text() == "x"
+
+
+def test_a_write_that_fails_midway_is_one_line_exit_1(sweep: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The disk filling up after the check: one line naming the cause, no traceback, exit 1."""
+    def disk_full(path: Path, payload: bytes) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "write_bytes_atomic", disk_full)
+    assert report.main([str(sweep), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: [Errno 28] No space left on device")
+    assert err.endswith("(--debug shows the traceback)\n")
 
 
 def test_module_cli_exit_code(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from initmatters.launch import PROJECT_ROOT
-from initmatters.sweep import normalized_argv
+from initmatters.launch import PROJECT_ROOT, stop_process
+from initmatters.sweep import normalized_argv, sweep_variants
 
 CONTRACT = ("config.yaml", "rounds.csv", "summary.json", "model_init.pt", "model_final.pt", "signal.pt")
 
@@ -20,8 +21,51 @@ def sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
 
+def sweep_command(*arguments: str, timeout: float = 300.0) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m initmatters.sweep ARGUMENTS`; stopped by PID in any case."""
+    process = subprocess.Popen([sys.executable, "-m", "initmatters.sweep", *arguments], cwd=PROJECT_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        stop_process(process)
+    return process.returncode, out, err
+
+
 def test_plus_experiment_is_accepted() -> None:
     assert normalized_argv(["x", "+experiment=a", "+seed=1"]) == ["x", "experiment=a", "+seed=1"]
+
+
+def test_each_sweep_value_is_checked_once_with_the_others_at_their_first() -> None:
+    variants = sweep_variants(["a=1,2", "b=3", "c=range(4,7)"])
+    assert variants == [["a=1", "b=3", "c=4"], ["a=2", "b=3", "c=4"], ["a=1", "b=3", "c=5"], ["a=1", "b=3", "c=6"]]
+
+
+INIT_OPTIONS = "|".join(sorted(path.stem for path in (PROJECT_ROOT / "conf" / "init").glob("*.yaml")))
+FL_KEYS = "|".join(f"fl.{key}" for key in yaml.safe_load((PROJECT_ROOT / "conf" / "fl" / "fedavg.yaml").read_text()))
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (["heterogeneity.h=1.5"], "error: heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]"),
+    (["--multirun", "heterogeneity.h=0.0,1.5"], "error: heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]"),
+    (["init=nonsense"], f"error: init='nonsense' is invalid: allowed {INIT_OPTIONS}"),
+    (["--multirun", "fl.nonsense=1"], f"error: fl.nonsense is not a known setting: allowed {FL_KEYS}"),
+    (["fl.lr=[1,2"], "error: fl.lr=[1,2 is invalid: allowed <setting>=<value> in Hydra's override syntax "
+                     "(no viable alternative at input '[1,2')"),
+    # each value is fine alone; only the job label_skew x 3 clients is not: the launcher's check
+    (["--multirun", "heterogeneity=iid,label_skew", "fl.num_clients=2,3"],
+     "error: fl.num_clients=3 is invalid: allowed an even number with heterogeneity=label_skew "
+     "(clients alternate majority label)"),
+])
+def test_bad_setting_gets_one_line_and_exit_2_before_anything_starts(tmp_path: Path, arguments: list[str],
+                                                                      expected: str) -> None:
+    code, out, err = sweep_command(*arguments, "debug=default", f"hydra.run.dir={tmp_path / 'run'}",
+                                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 2, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines() == [expected]
+    assert "[sweep]" not in out  # no job was prepared or started
+    assert not (tmp_path / "run").exists()
+    assert not list((tmp_path / "sweep").glob("*/config.yaml"))
 
 
 @pytest.mark.slow
@@ -52,17 +96,15 @@ def test_two_job_sweep_runs_resumes_and_reports(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_failing_jobs_are_reported_and_others_finish(tmp_path: Path) -> None:
+    """A job that fails while it runs (its init file is missing) is reported; the other one finishes."""
     sweep_dir = tmp_path / "sweep"
-    completed = sweep(sweep_dir, "debug=default", "init=random,checkpoint", "++init.path=/nonexistent/model.pt",
-                      "heterogeneity.h=0.0,1.5")
+    completed = sweep(sweep_dir, "debug=default", "init=random,checkpoint", "++init.path=/nonexistent/model.pt")
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     failures = [line for line in completed.stdout.splitlines() if line.startswith("[sweep] FAILED")]
-    assert len(failures) == 3
-    assert any("init=checkpoint" in line and "heterogeneity.h=0.0" in line and "does not exist" in line
-               for line in failures)
-    assert sum("heterogeneity.h=1.5 is invalid: allowed a number in [0, 1]" in line for line in failures) == 2
-    assert "[sweep] 4/4 jobs (3 failed" in completed.stdout
+    assert len(failures) == 1
+    assert "init=checkpoint" in failures[0] and "does not exist" in failures[0]
+    assert "[sweep] 2/2 jobs (1 failed" in completed.stdout
     finished = [p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()]
     assert len(finished) == 1
     assert json.loads((finished[0] / "summary.json").read_text())["settings"]["init"]["name"] == "random"

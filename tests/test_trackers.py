@@ -216,19 +216,17 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path, monkeypatch, caps
     assert not (tmp_path / "out").exists()
 
 
-def test_a_sweep_fails_each_job_before_ray_starts_when_the_extra_is_missing(tmp_path: Path) -> None:
-    """The shared-simulation launcher checks every job when it prepares it (the import made to fail)."""
+def test_a_sweep_stops_before_anything_starts_when_the_extra_is_missing(tmp_path: Path) -> None:
+    """The launcher checks every job when it prepares them all, before any starts (the import made to fail)."""
     sweep = ("import sys; sys.modules['tensorboard'] = None; from initmatters.sweep import cli; "
              f"sys.argv = ['sweep', '--multirun', 'debug=default', 'seed=0,1', 'log.tensorboard=true', "
              f"'hydra.sweep.dir={tmp_path / 'sweep'}']; cli()")
     completed = subprocess.run([sys.executable, "-c", sweep], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                timeout=300)
-    assert completed.returncode == 1, completed.stdout[-2000:] + completed.stderr[-2000:]
-    failures = [line for line in completed.stdout.splitlines() if line.startswith("[sweep] FAILED")]
-    assert len(failures) == 2
-    assert all(line.endswith('log.tensorboard=true needs the optional extra: pip install -e ".[tensorboard]"')
-               for line in failures)
-    assert "Flower simulation" not in completed.stdout  # nothing started
+    assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert completed.stderr.strip().splitlines() == [
+        'error: log.tensorboard=true needs the optional extra: pip install -e ".[tensorboard]"']
+    assert "[sweep]" not in completed.stdout  # nothing started
 
 
 @pytest.mark.parametrize("project", ["a/b", "", "what?"])

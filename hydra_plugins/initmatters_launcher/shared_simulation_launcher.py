@@ -11,9 +11,11 @@ every job (no Ray, no polling); ray: one Flower simulation (Ray) per distinct `f
 its ServerApp running every job on the same grid (Flower's run_simulation starts Ray on every
 call, ~8 s here). Results are bit-identical across the two.
 
-It also makes sweeps livable: a progress line per job (done/total, time left), a failing job is
-reported with its overrides and the others go on, and a job whose folder already holds a
-finished run of the same resolved config is skipped (resume with the same hydra.sweep.dir).
+It also makes sweeps livable: every job's settings are checked before anything starts (a bad
+one: a one-line error, exit 2), a progress line per job (done/total, time left), a job failing
+while it runs is reported with its overrides and the others go on, and a job whose folder
+already holds a finished run of the same resolved config is skipped (resume with the same
+hydra.sweep.dir).
 With `hydra.launcher.connection=<name>` every job goes through `flwr run` to that Flower
 connection instead (e.g. a real deployment).
 
@@ -62,7 +64,7 @@ class SharedSimulationLauncherConf:
     connection: Optional[str] = None  # noqa: UP045  a Flower connection name: run each job with `flwr run` there
     client_num_cpus: int = 1  # ray: Ray CPUs per simulated client (1 = one actor per core)
     client_num_gpus: float = 0.0  # ray: per-client GPU resources for simulation (Ray GPU share; 0 = none)
-    quiet_flower: bool = True  # hide Flower's per-round INFO logs (the launcher prints per job)
+    quiet_flower: bool = True  # hide Flower's INFO logs and expected warnings (the launcher prints per job)
 
 
 ConfigStore.instance().store(
@@ -121,7 +123,6 @@ class _Job:
     output_dir: Path
     settings: Any = None  # ExperimentSettings once validated
     resolved_yaml: str = ""
-    error: str = ""
     finished_before: bool = False
 
 
@@ -179,15 +180,24 @@ class SharedSimulationLauncher(Launcher):
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        from initmatters.flower_log import calm_flower_logs
+
+        calm_flower_logs(verbose=not self.quiet_flower)  # also Flower's start-up lines, before any job
         torch_threads_for_server()
-        jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        from initmatters_core.settings import SettingError
+
+        try:  # every job's settings, before anything starts: a bad one stops the sweep like a bad option
+            jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
+        except SettingError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         print(f"[sweep] {len(jobs)} jobs -> {sweep_dir}", flush=True)
         progress = _Progress(total=len(jobs))
         returns: dict[int, JobReturn] = {}
         for job in jobs:
-            if job.error or job.finished_before:
-                returns[job.index] = self._settled(job, progress)
+            if job.finished_before:
+                returns[job.index] = self._resumed(job, progress)
         pending = [job for job in jobs if job.index not in returns]
         if pending and self.connection is None and (self.backend or "inline") == "inline":
             returns.update(self._run_inline(pending, progress))
@@ -212,14 +222,24 @@ class SharedSimulationLauncher(Launcher):
 
     def _prepare(self, index: int, overrides: list[str]) -> _Job:
         """Compose the job's config, find its folder, validate its settings (and, in the shared simulation,
-        that the packages of its trackers are installed), check for resume."""
-        from initmatters.compose import settings_from_config
+        that the packages of its trackers are installed), check for resume.
+
+        Raises SettingError (one line naming the setting) for a job Hydra cannot compose or whose
+        settings are invalid.
+        """
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from initmatters.compose import composition_problem, settings_from_config
         from initmatters_core.results import RunFiles
         from initmatters_core.settings import SettingError
         from initmatters_core.trackers import check_trackers_installed
 
         assert self.config is not None and self.hydra_context is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        try:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise SettingError(composition_problem(error, overrides)) from None
         with open_dict(config):
             config.hydra.job.id = index
             config.hydra.job.num = index
@@ -227,13 +247,9 @@ class SharedSimulationLauncher(Launcher):
         output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         job = _Job(index, filter_overrides(overrides), config, output_dir.resolve())
         task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-        try:
-            job.settings = settings_from_config(task_config)
-            if not self.connection:  # the trackers' packages are needed where the server runs
-                check_trackers_installed(job.settings.log)
-        except SettingError as error:
-            job.error = str(error)
-            return job
+        job.settings = settings_from_config(task_config)
+        if not self.connection:  # the trackers' packages are needed where the server runs
+            check_trackers_installed(job.settings.log)
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
         files = RunFiles(job.output_dir)
         config_file = files.config
@@ -244,11 +260,8 @@ class SharedSimulationLauncher(Launcher):
         )
         return job
 
-    def _settled(self, job: _Job, progress: _Progress) -> JobReturn:
-        """The JobReturn of a job that needs no run: invalid settings, or finished earlier."""
-        if job.error:
-            progress.record(job, "FAILED", None, f"({job.error})")
-            return self._job_return(job, JobStatus.FAILED, SweepJobFailed(self._failure(job, job.error)))
+    def _resumed(self, job: _Job, progress: _Progress) -> JobReturn:
+        """The JobReturn of a job that finished earlier (same resolved config in its folder)."""
         progress.record(job, "resumed", None, f"(finished run in {job.output_dir})")
         return self._job_return(job, JobStatus.COMPLETED, "resumed")
 
