@@ -39,6 +39,7 @@ from initmatters.launch import die_with_parent, terminate_pids
 from initmatters.protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from initmatters_core.results import RunFiles
 from initmatters_core.settings import ExperimentSettings
+from initmatters_core.tasks import task_module_name
 
 CLIENT_APP = "client_app.app:app"  # as [tool.flwr.app.components] clientapp in pyproject.toml
 RUN_ID = 1
@@ -105,13 +106,9 @@ class InProcessClients:
         self.host.contexts.clear()
 
 
-def worker_main(receive_fd: int, send_fd: int, reference: str) -> None:
-    """A worker process: answer batches of (node id, node config, message) until told to stop."""
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the launcher stops us
-    requests, answers = Connection(receive_fd, writable=False), Connection(send_fd, readable=False)
-    host = _ClientHost(reference)
-    answers.send(os.getpid())  # ready: imports done
+def serve(requests: Connection, answers: Connection, host: _ClientHost) -> None:
+    """A worker's loop: answer batches of (node id, node config, message) until the server closes its end."""
+    answers.send(os.getpid())  # ready
     while True:
         try:
             request = requests.recv()
@@ -121,77 +118,118 @@ def worker_main(receive_fd: int, send_fd: int, reference: str) -> None:
         answers.send((batch_id, [host.handle(*item) for item in items]))
 
 
+def zygote_main(reference: str, preload: Sequence[str], fds: Sequence[tuple[int, int]]) -> None:
+    """The process the workers are forked from: it imports the ClientApp (torch, Flower) and the
+    task modules once, then forks one worker per pipe pair and waits for them.
+
+    A forked worker shares those imports' memory with its siblings (copy on write) instead of
+    holding its own copy (about 300 MB each with torch), and starts in milliseconds. The zygote
+    holds no thread besides the main one (initmatters sets OPENBLAS_NUM_THREADS=1, and torch
+    starts its pools lazily), so forking it is safe.
+    """
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the launcher stops us
+    host = _ClientHost(reference)
+    for module in preload:
+        importlib.import_module(module)
+    zygote = os.getpid()
+    children = []
+    for index, (receive_fd, send_fd) in enumerate(fds):
+        child = os.fork()
+        if child == 0:  # a worker
+            die_with_parent()
+            if os.getppid() != zygote:  # the zygote died before the line above
+                os._exit(1)
+            for other, (other_receive, other_send) in enumerate(fds):
+                if other != index:
+                    os.close(other_receive)
+                    os.close(other_send)
+            try:
+                serve(Connection(receive_fd, writable=False), Connection(send_fd, readable=False), host)
+            finally:
+                os._exit(0)
+        children.append(child)
+    for receive_fd, send_fd in fds:  # the workers' ends: a worker that dies then shows as EOF to the server
+        os.close(receive_fd)
+        os.close(send_fd)
+    for child in children:
+        os.waitpid(child, 0)
+
+
 class ClientWorkers:
     """`count` long-lived worker processes, each running the ClientApp for its share of the clients.
 
-    Workers are plain `python -m initmatters.inline` processes talking over two pipes (no
-    multiprocessing start method re-importing the caller's script). A batch goes to every worker
-    that has messages in it; a worker that has not answered within the timeout keeps its batch, and
-    its late replies are dropped before its next batch (the strategy treats those clients as failed
-    for that round, as Flower's engines do).
+    One `python -m initmatters.inline` process (the zygote, see `zygote_main`; no multiprocessing
+    start method re-importing the caller's script) imports everything once and forks the workers;
+    each talks to the server over two pipes. A batch goes to every worker that has messages in it;
+    a worker that has not answered within the timeout keeps its batch, and its late replies are
+    dropped before its next batch (the strategy treats those clients as failed for that round, as
+    Flower's engines do). `preload`: modules to import before forking (the task's).
     """
 
-    def __init__(self, count: int, reference: str = CLIENT_APP, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, count: int, reference: str = CLIENT_APP, env: Mapping[str, str] | None = None,
+                 preload: Sequence[str] = ()) -> None:
         if count < 1:
             raise ValueError(f"workers={count} is invalid: allowed an integer >= 1 (0 = in this process)")
         self.requests: list[Connection] = []
         self.answers: list[Connection] = []
-        self.processes: list[subprocess.Popen] = []
-        self.late: list[int] = []  # per worker: batches sent whose replies are still to be dropped
+        self.worker_pids: list[int] = []
+        self.late: list[int] = [0] * count  # per worker: batches sent whose replies are still to be dropped
         self.next_batch = 0
-        self.ready = False
+        self.zygote: subprocess.Popen | None = None
         env = {**(os.environ if env is None else env), "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+        worker_fds: list[tuple[int, int]] = []
         try:
             for _ in range(count):
                 worker_reads, we_write = os.pipe()
                 we_read, worker_writes = os.pipe()
-                try:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "initmatters.inline", str(worker_reads), str(worker_writes), reference],
-                        pass_fds=(worker_reads, worker_writes), env=env, stdin=subprocess.DEVNULL)
-                finally:
-                    os.close(worker_reads)
-                    os.close(worker_writes)
+                worker_fds.append((worker_reads, worker_writes))
                 self.requests.append(Connection(we_write, readable=False))
                 self.answers.append(Connection(we_read, writable=False))
-                self.processes.append(process)
-                self.late.append(0)
+            fds_text = ",".join(f"{receive}:{send}" for receive, send in worker_fds)
+            self.zygote = subprocess.Popen(
+                [sys.executable, "-m", "initmatters.inline", reference, ",".join(preload), fds_text],
+                pass_fds=[fd for pair in worker_fds for fd in pair], env=env, stdin=subprocess.DEVNULL)
         except BaseException:
             self.close()
             raise
+        finally:
+            for pair in worker_fds:
+                for fd in pair:
+                    os.close(fd)
 
     @property
     def pids(self) -> list[int]:
-        return [process.pid for process in self.processes]
+        """The workers' PIDs (waits for their start-up)."""
+        if not self.worker_pids:
+            self._wait_until_ready()
+        return list(self.worker_pids)
 
     def _receive(self, worker: int) -> Any:
         try:
             return self.answers[worker].recv()
         except (EOFError, OSError):
-            process = self.processes[worker]
-            try:
-                process.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                pass
-            raise RuntimeError(f"client worker PID {process.pid} stopped (exit code {process.returncode}): "
-                               f"the run cannot go on") from None
+            who = f"PID {self.worker_pids[worker]}" if len(self.worker_pids) > worker else f"#{worker} (starting)"
+            raise RuntimeError(f"client worker {who} stopped: the run cannot go on") from None
 
     def _wait_until_ready(self) -> None:
         """Wait for every worker's start-up (imports), which no message timeout should count."""
         starting = {connection: worker for worker, connection in enumerate(self.answers)}
+        pids = [0] * len(self.answers)
         while starting:
             ready = wait(list(starting), timeout=WORKER_START_TIMEOUT_S)
             if not ready:
                 raise RuntimeError(f"{len(starting)} client worker(s) did not start within "
                                    f"{WORKER_START_TIMEOUT_S:g}s")
             for connection in ready:
-                self._receive(starting.pop(connection))
-        self.ready = True
+                worker = starting.pop(connection)
+                pids[worker] = self._receive(worker)
+        self.worker_pids = pids
 
     def run(self, items: Sequence[Item], timeout: float | None) -> list[Message | None]:
-        if not self.ready:
+        if not self.worker_pids:
             self._wait_until_ready()
-        count = len(self.processes)
+        count = len(self.answers)
         shares: dict[int, list[int]] = {}
         for position, (_, node_config, _) in enumerate(items):
             shares.setdefault(int(node_config[PARTITION_ID_KEY]) % count, []).append(position)
@@ -215,29 +253,31 @@ class ClientWorkers:
                 worker = waiting.pop(connection)
                 answered_batch, answers = self._receive(worker)
                 if answered_batch != batch_id:
-                    raise RuntimeError(f"client worker PID {self.processes[worker].pid} answered batch "
+                    raise RuntimeError(f"client worker PID {self.worker_pids[worker]} answered batch "
                                        f"{answered_batch} instead of {batch_id}")
                 for position, reply in zip(shares[worker], answers, strict=True):
                     replies[position] = reply
         return replies
 
     def close(self) -> None:
-        """Stop every worker by PID (SIGTERM, then SIGKILL) and reap it: a worker holds nothing to
+        """Stop the zygote and every worker by PID (SIGTERM, then SIGKILL): a worker holds nothing to
         save, and its interpreter's shutdown (torch's) would cost seconds."""
-        terminate_pids(self.pids, timeout=5.0)
-        for process in self.processes:
-            process.poll()
+        zygote = [self.zygote.pid] if self.zygote is not None else []
+        terminate_pids([*self.worker_pids, *zygote], timeout=5.0)
+        if self.zygote is not None:
+            self.zygote.poll()  # reap it
         for connection in (*self.requests, *self.answers):
             connection.close()
-        self.requests, self.answers, self.processes, self.late = [], [], [], []
+        self.requests, self.answers, self.worker_pids, self.late, self.zygote = [], [], [], [], None
 
 
 @contextmanager
-def client_runner(workers: int, reference: str = CLIENT_APP, env: Mapping[str, str] | None = None
-                  ) -> Iterator[ClientRunner]:
-    """Worker processes (workers >= 1, environment `env`, default this one's) or this process
-    (workers = 0); always stopped at the end."""
-    runner: ClientRunner = InProcessClients(reference) if workers == 0 else ClientWorkers(workers, reference, env)
+def client_runner(workers: int, reference: str = CLIENT_APP, env: Mapping[str, str] | None = None,
+                  preload: Sequence[str] = ()) -> Iterator[ClientRunner]:
+    """Worker processes (workers >= 1, environment `env`, default this one's; `preload`: modules
+    they import before they are forked) or this process (workers = 0); always stopped at the end."""
+    runner: ClientRunner = (InProcessClients(reference) if workers == 0
+                            else ClientWorkers(workers, reference, env, preload))
     try:
         yield runner
     finally:
@@ -322,9 +362,11 @@ def run_inline(settings: ExperimentSettings, resolved_config_yaml: str, output_d
     num_clients = settings.fl.num_clients
     server_app = build_server_app(settings, resolved_config_yaml, output_dir,
                                   resume=RunFiles(output_dir).interrupted())
-    with client_runner(default_workers(num_clients) if workers is None else workers, env=env) as runner:
+    count = default_workers(num_clients) if workers is None else workers
+    with client_runner(count, env=env, preload=[task_module_name(settings)]) as runner:
         run_server_app(server_app, InlineGrid(runner, num_clients))
 
 
-if __name__ == "__main__":  # a client worker started by ClientWorkers
-    worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+if __name__ == "__main__":  # the zygote started by ClientWorkers: CLIENT_APP PRELOAD,... RECEIVE:SEND,...
+    zygote_main(sys.argv[1], [name for name in sys.argv[2].split(",") if name],
+                [tuple(int(fd) for fd in pair.split(":")) for pair in sys.argv[3].split(",")])

@@ -109,8 +109,7 @@ def test_a_dead_worker_stops_the_run_with_one_line() -> None:
         list(grid.send_and_receive(queries(grid), timeout=WAIT_S))
         victim = runner.pids[0]
         os.kill(victim, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match=rf"^client worker PID {victim} stopped \(exit code -9\): "
-                                               r"the run cannot go on$"):
+        with pytest.raises(RuntimeError, match=rf"^client worker PID {victim} stopped: the run cannot go on$"):
             grid.send_and_receive(queries(grid), timeout=WAIT_S)
 
 

@@ -319,12 +319,14 @@ class SharedSimulationLauncher(Launcher):
         """Run every job on one set of inline client workers (initmatters.inline), one after another."""
         from initmatters.inline import InlineGrid, client_runner, default_workers, take_server_identity
         from initmatters.launch import FLOWER_ENV
+        from initmatters_core.tasks import task_module_name
 
         largest = max(job.settings.fl.num_clients for job in jobs)
         workers = default_workers(largest) if self.workers is None else self.workers
         print(f"[sweep] {workers} client worker process(es) for {len(jobs)} jobs (backend=inline)", flush=True)
         take_server_identity()
-        with client_runner(workers, env={**FLOWER_ENV, **os.environ}) as runner:
+        tasks = sorted({task_module_name(job.settings) for job in jobs})
+        with client_runner(workers, env={**FLOWER_ENV, **os.environ}, preload=tasks) as runner:
             return {job.index: self._run_job_on_grid(job, InlineGrid(runner, job.settings.fl.num_clients), progress)
                     for job in jobs}
 

@@ -49,9 +49,14 @@ def task_name(settings: ExperimentSettings | ClientSettings) -> str:
     return task_of_data(settings.data.name)
 
 
+def task_module_name(settings: ExperimentSettings | ClientSettings) -> str:
+    """The name of the run's task module (importing it imports the task's numerical stack)."""
+    return f"{TASK_PACKAGES[task_name(settings)]}.task"
+
+
 def load_task(settings: ExperimentSettings | ClientSettings) -> Task:
     """The `task` module of the run's task (imports its numerical stack)."""
-    return importlib.import_module(f"{TASK_PACKAGES[task_name(settings)]}.task")  # type: ignore[return-value]
+    return importlib.import_module(task_module_name(settings))  # type: ignore[return-value]
 
 
 def _checked_sections(values: Mapping[str, Any], known: tuple[str, ...]) -> TaskSettingsModule:
