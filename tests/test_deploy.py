@@ -37,7 +37,14 @@ from client_app.app import node_partition
 from initmatters import deploy
 from initmatters.compose import load_settings
 from initmatters.deploy import LocalDeployment
-from initmatters.launch import PROJECT_ROOT, descendants, flower_env, processes_with_flwr_home, stop_process
+from initmatters.launch import (
+    PROJECT_ROOT,
+    descendants,
+    flower_env,
+    processes_with_flwr_home,
+    stop_process,
+    terminate_pids,
+)
 from initmatters.protocol import error_reason, state_to_arrays
 from initmatters_core.results import RunFiles, read_rounds_csv
 from initmatters_core.settings import StrategySettings
@@ -298,6 +305,20 @@ def scenario_insecure(tmp: Path) -> dict:
     return {"completed": completed, "workdir": workdir, "out": out}
 
 
+def scenario_beside_cpu_burner(tmp: Path) -> dict:
+    """The reference run while two processes keep both cores of this machine busy (a shared
+    workstation or CI runner): every timeout of the deployment must hold under load."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        workdir, out = tmp / "work", tmp / "out"
+        completed = run_cli(workdir, "--nodes", "2", "--output-dir", str(out), "--", *OVERRIDES, timeout=900)
+    finally:
+        terminate_pids([burner.pid for burner in burners], timeout=5.0)
+        for burner in burners:
+            burner.wait(timeout=10)
+    return {"completed": completed, "workdir": workdir, "out": out}
+
+
 def scenario_tls_auth(tmp: Path) -> dict:
     """--tls --auth, 1 round; meanwhile a SuperNode with an unregistered key tries to join."""
     workdir, out = tmp / "work", tmp / "out"
@@ -400,7 +421,9 @@ BAD_NODE_REASONS = ("node config partition-id=None is invalid: allowed an intege
 
 SCENARIOS = {  # name: (function, the tests that use it)
     "insecure": (scenario_insecure, {"test_insecure_deployment_end_to_end", "test_deployment_equals_simulation",
-                                     "test_resume_after_a_killed_superlink_reaches_the_uninterrupted_model"}),
+                                     "test_resume_after_a_killed_superlink_reaches_the_uninterrupted_model",
+                                     "test_a_deployment_completes_beside_a_cpu_burner"}),
+    "beside_cpu_burner": (scenario_beside_cpu_burner, {"test_a_deployment_completes_beside_a_cpu_burner"}),
     "tls_auth": (scenario_tls_auth, {"test_tls_with_authentication_refuses_an_unregistered_supernode"}),
     "killed_node": (scenario_killed_node, {"test_killed_supernode_run_goes_on_with_the_others"}),
     "resume": (scenario_resume, {"test_resume_after_a_killed_superlink_reaches_the_uninterrupted_model"}),
@@ -437,6 +460,17 @@ def test_insecure_deployment_end_to_end(scenarios) -> None:
     assert [int(row["clients"]) for row in read_rounds_csv(out / "rounds.csv")[1:]] == [2, 2]
     for k in range(2):  # every SuperNode ran ClientApps
         assert "Start `flwr-clientapp` process" in (workdir / "logs" / f"supernode-{k}.log").read_text()
+    assert wait_for_no_process(workdir) == []
+
+
+@pytest.mark.slow
+def test_a_deployment_completes_beside_a_cpu_burner(scenarios) -> None:
+    run = scenarios["beside_cpu_burner"].result()
+    completed, workdir, out = run["completed"], run["workdir"], run["out"]
+    assert completed.returncode == 0, explain(completed)
+    summary = assert_valid_results(out, rounds=2)
+    assert summary["rounds_with_missing_clients"] == []
+    assert_same_rows(out / "rounds.csv", scenarios["insecure"].result()["out"] / "rounds.csv")
     assert wait_for_no_process(workdir) == []
 
 
