@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra_plugins.initmatters_launcher.shared_simulation_launcher import launcher_option_problem
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
-from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
+from initmatters.launch import FLOWER_ENV, Interrupted, ray_startup_timed_out, stop_signals_raise
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
@@ -183,7 +183,14 @@ def cli() -> None:
     if code:
         raise SystemExit(code)
     sys.argv = normalized_argv(sys.argv)
-    main()
+    try:
+        with stop_signals_raise():
+            main()
+    except Interrupted as stop:
+        print(f"initmatters-sweep: stopped by {stop}; every process it started is stopped; run the same command "
+              f"again to resume (finished jobs are skipped, an interrupted one continues from its checkpoint)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -108,3 +108,44 @@ def test_failing_jobs_are_reported_and_others_finish(tmp_path: Path) -> None:
     finished = [p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()]
     assert len(finished) == 1
     assert json.loads((finished[0] / "summary.json").read_text())["settings"]["init"]["name"] == "random"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_the_same_command_resumes_it(tmp_path: Path) -> None:
+    """SIGTERM: exit 143 with one line, no process left, the running job resumable; the same command
+    then skips nothing it must not and continues that job from its checkpoint."""
+    import os
+    import signal
+    import time
+
+    from initmatters.launch import processes_with_flwr_home, terminate_pids
+    from initmatters_core.results import RunFiles
+
+    wait_s = float(os.environ.get("INITMATTERS_TEST_START_TIMEOUT_S", "600"))
+    home = tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home)}  # every process of the sweep carries it
+    command = [sys.executable, "-m", "initmatters.sweep", "--multirun", "debug=default", "fl.num_rounds=400",
+               "log.checkpoint_every=5", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = RunFiles(tmp_path / "sweep" / "0")
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not (first.checkpoint.exists() and first.rounds.exists() and first.rounds.read_text().count("\n") > 12):
+            assert time.monotonic() < deadline and process.poll() is None, "the first job never got going"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=wait_s)
+        assert process.returncode == 143, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1].startswith("initmatters-sweep: stopped by SIGTERM; every process it "
+                                                          "started is stopped; run the same command again")
+        assert "Traceback" not in stderr
+        assert processes_with_flwr_home(home) == []
+        assert first.interrupted() and not first.lock.exists()
+    finally:
+        terminate_pids([process.pid, *processes_with_flwr_home(home)], timeout=10.0)
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=wait_s)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    summary = json.loads(first.summary.read_text())
+    assert summary["resumed_from_round"] is not None and summary["resumed_from_round"] >= 10
+    assert summary["rounds_completed"] == 400

@@ -124,6 +124,7 @@ class _Job:
     settings: Any = None  # ExperimentSettings once validated
     resolved_yaml: str = ""
     finished_before: bool = False
+    resumable: bool = False
 
 
 @dataclass
@@ -253,11 +254,9 @@ class SharedSimulationLauncher(Launcher):
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
         files = RunFiles(job.output_dir)
         config_file = files.config
-        job.finished_before = (
-            files.finished()
-            and config_file.is_file()
-            and config_file.read_text() == job.resolved_yaml
-        )
+        same_config = config_file.is_file() and config_file.read_text() == job.resolved_yaml
+        job.finished_before = files.finished() and same_config
+        job.resumable = files.interrupted() and same_config  # an interrupted job continues from its checkpoint
         return job
 
     def _resumed(self, job: _Job, progress: _Progress) -> JobReturn:
@@ -348,7 +347,8 @@ class SharedSimulationLauncher(Launcher):
                 flower_logger = logging.getLogger("flwr")
                 flower_logger.setLevel(logging.WARNING)
                 flower_logger.propagate = False
-            return run_federated(grid, job.settings, job.resolved_yaml, job.output_dir, report=log.debug)
+            return run_federated(grid, job.settings, job.resolved_yaml, job.output_dir, report=log.debug,
+                                 resume=job.resumable)
 
         assert self.hydra_context is not None
         result = run_job(hydra_context=self.hydra_context, task_function=task, config=job.config,
