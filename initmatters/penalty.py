@@ -29,7 +29,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -63,9 +63,6 @@ from initmatters_core.plots import (  # noqa: E402
 )
 from initmatters_core.results import format_cell  # noqa: E402
 
-if TYPE_CHECKING:
-    from initmatters.report import Group, Run
-
 FIGURE_FILE = "penalty_decomposition.png"
 CSV_FILE = "penalty_decomposition.csv"
 RANDOM, ALIGN_FLIP = "random", "align_flip"
@@ -73,6 +70,26 @@ HS = (0.0, 1.0)  # the penalty compares full label skew with IID labels
 GAMMA_COLUMNS = {"aligned at init": "gamma_aligned_init_mean", "misaligned at init": "gamma_misaligned_init_mean"}
 SEED_DOTS = "one seed"
 METRICS = ("pop_test_error", "test_error")  # the first that every random and align_flip run has
+
+
+class Run(Protocol):
+    """What this section reads of a finished run (initmatters.report.Run)."""
+
+    rounds: list[dict[str, float]]
+
+    @property
+    def seed(self) -> Any: ...
+
+    def metric(self, name: str) -> float: ...
+
+
+class Group(Protocol):
+    """What this section reads of a configuration (initmatters.report.Group)."""
+
+    settings: dict[str, Any]
+    runs: list[Run]
+
+    def by_seed(self) -> dict[Any, Run]: ...
 
 
 @dataclass(frozen=True)
