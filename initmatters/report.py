@@ -21,6 +21,11 @@ too. Where the final row has pop_test_error (the synthetic task's population tes
 data.population_samples > 0), the same statistics and the penalty are also given for it
 (pop_test_error, pop_heterogeneity_penalty), next to the finite-test-set ones.
 
+Where the sweep has random and align_flip label-skew runs at h = 0 and h = 1, summary.md gets a
+section on where the heterogeneity penalty lands (initmatters.penalty): the part align_flip
+removes and the residual, with penalty_decomposition.csv and figures/penalty_decomposition.png;
+other sweeps' output is unchanged.
+
 Everything is computed and rendered first, then written atomically (temporary file + rename)
 into --out (default: the sweep folder): summary.csv, summary.md and figures/*.png. A missing or
 empty sweep folder, or an --out that cannot be written, is one line on stderr and exit code 2,
