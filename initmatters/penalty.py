@@ -114,11 +114,11 @@ class OverSeeds:
     def n(self) -> int:
         return len(self.values)
 
-    def text(self, decimals: int = 4, signed: bool = True) -> str:
-        """'+0.0470 ± 0.0038 (8/8 > 0)'; '' without values."""
+    def text(self, decimals: int = 4) -> str:
+        """'+0.0470 ± 0.0038 (8/8 > 0)' (signed mean); '' without values."""
         if not self.values:
             return ""
-        return f"{format_mean_std(self.mean, self.std, decimals, signed=signed)} ({self.positive}/{self.n} > 0)"
+        return f"{format_mean_std(self.mean, self.std, decimals, signed=True)} ({self.positive}/{self.n} > 0)"
 
 
 @dataclass
