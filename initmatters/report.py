@@ -21,6 +21,11 @@ too. Where the final row has pop_test_error (the synthetic task's population tes
 data.population_samples > 0), the same statistics and the penalty are also given for it
 (pop_test_error, pop_heterogeneity_penalty), next to the finite-test-set ones.
 
+Where the sweep has random and align_flip label-skew runs at h = 0 and h = 1, summary.md gets a
+section on where the heterogeneity penalty lands (initmatters.penalty): the part align_flip
+removes and the residual, with penalty_decomposition.csv and figures/penalty_decomposition.png;
+other sweeps' output is unchanged.
+
 Everything is computed and rendered first, then written atomically (temporary file + rename)
 into --out (default: the sweep folder): summary.csv, summary.md and figures/*.png. A missing or
 empty sweep folder, or an --out that cannot be written, is one line on stderr and exit code 2,
@@ -50,6 +55,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import yaml  # noqa: E402
 
+from initmatters import penalty  # noqa: E402
+from initmatters.sweep_common import (  # noqa: E402  (re-exported: report.mean_std etc. stay importable)
+    H_KEY,
+    HETEROGENEITY_PREFIX,
+    INIT_KEY,
+    SCHEME_KEY,
+    SEED_KEY,
+    STEPS_KEY,
+    TAU_KEY,
+    format_key_value,
+    format_mean_std,
+    format_setting,
+    mean_curve,
+    mean_std,
+)
+from initmatters.sweep_common import freeze as _freeze  # noqa: E402
+from initmatters.sweep_common import freeze_value as _freeze_value  # noqa: E402
+from initmatters.sweep_common import key_name as _key_name  # noqa: E402
+from initmatters.sweep_common import same as _same  # noqa: E402
+from initmatters.sweep_common import sort_value as _sort_value  # noqa: E402
 from initmatters_core.plots import (  # noqa: E402
     INIT_COLOURS,  # noqa: F401  (re-exported: the report's colours are the per-run plots' colours)
     INIT_ORDER,  # noqa: F401
@@ -77,13 +102,6 @@ from initmatters_core.results import (  # noqa: E402
 from initmatters_core.settings import flatten_settings  # noqa: E402
 
 FIGURES_DIR = "figures"
-SEED_KEY = "seed"
-H_KEY = "heterogeneity.h"
-SCHEME_KEY = "heterogeneity.name"
-HETEROGENEITY_PREFIX = "heterogeneity."
-INIT_KEY = "init.name"
-STEPS_KEY = "init.steps"
-TAU_KEY = "fl.local_steps"
 # Where a run's numbers are also sent, not what they are: runs that differ only here are one configuration.
 TRACKER_KEYS = ("log.tensorboard", "log.wandb", "log.wandb_project")
 
@@ -342,17 +360,6 @@ def heterogeneity_penalties(group: Group, index: Mapping[tuple, Group], metric: 
     return [gap for gap in gaps if not math.isnan(gap)]
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """(mean, sample std with n - 1) of the non-NaN values; NaN where undefined."""
-    finite = [float(v) for v in values if not math.isnan(float(v))]
-    if not finite:
-        return math.nan, math.nan
-    mean = math.fsum(finite) / len(finite)
-    if len(finite) < 2:
-        return mean, math.nan
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
-
-
 # --------------------------------------------------------------------------------------------
 # Tables
 
@@ -389,23 +396,13 @@ def render_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], skewed: b
     return buffer.getvalue()
 
 
-def format_mean_std(mean: float, std: float, decimals: int, signed: bool = False) -> str:
-    """'0.1570 ± 0.0123'; the mean alone for one seed; '' when there is no value."""
-    if mean is None or math.isnan(mean):
-        return ""
-    sign = "+" if signed else ""
-    text = f"{mean:{sign}.{decimals}f}"
-    if std is None or math.isnan(std):
-        return text
-    return f"{text} ± {std:.{decimals}f}"
-
-
 def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
                     unfinished: Sequence[Unfinished] = (), *, title: str = "Sweep summary",
                     source: str = "", n_runs: int | None = None,
-                    figures: Sequence[str] = (), notes: Sequence[str] = (), skewed: bool = False) -> str:
-    """summary.md: the per-configuration table (mean ± std over seeds), unfinished runs, figures;
-    the realised skews' columns when `skewed`."""
+                    figures: Sequence[str] = (), notes: Sequence[str] = (), skewed: bool = False,
+                    sections: Sequence[str] = ()) -> str:
+    """summary.md: the per-configuration table (mean ± std over seeds), unfinished runs, further
+    `sections` (markdown, each with its own heading), figures; the realised skews' columns when `skewed`."""
     n_runs = sum(int(row["n_seeds"]) for row in rows) if n_runs is None else n_runs
     lines = [f"# {title}", ""]
     where = f" in `{source}`" if source else ""
@@ -437,6 +434,8 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
     lines.append("")
     lines += [*notes, ""] if notes else []
     lines.append(unfinished_line(unfinished, keys))
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(name).stem}]({name})" for name in figures]
@@ -454,14 +453,6 @@ def unfinished_line(unfinished: Sequence[Unfinished], keys: Sequence[str] = ()) 
     return f"Unfinished runs ({len(unfinished)}, not in the table): " + "; ".join(described) + "."
 
 
-def format_setting(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 #
@@ -472,26 +463,7 @@ def format_setting(value: Any) -> str:
 # are the sample std over seeds, drawn only where a point has two or more seeds; titles name the
 # dataset, the seeds (n) and, for the misaligned-filter figures, the filter count.
 
-# How a setting reads in legends and titles ("{}" is the value); other keys read "<last part>=<value>".
-PRETTY_KEYS = {
-    H_KEY: "h = {}",
-    "heterogeneity.noise_skew": "noise skew {}",
-    "heterogeneity.signal_skew": "signal skew {}",
-    "heterogeneity.alpha": "α = {}",
-    "heterogeneity.classes_per_client": "{} classes/client",
-    TAU_KEY: "τ = {}",
-    "fl.local_epochs": "{} local epoch(s)",
-    "fl.num_rounds": "{} round(s)",
-    "fl.num_clients": "K = {}",
-    "fl.lr": "η = {}",
-    "model.init_std": "σ₀ = {}",
-    "model.filters_per_class": "m = {}",
-    STEPS_KEY: "{} pre-training step(s)",
-    "init.misaligned_fraction": "q = {}",
-    "init.lr": "pre-training lr = {}",
-}
 AXIS_NAMES = {"model.init_std": "init std σ₀ (model.init_std)", STEPS_KEY: "pre-training steps (init.steps)"}
-SCHEME_NAMES = {"label_skew": "label skew", "iid": "IID", "dirichlet": "Dirichlet", "pathological": "pathological"}
 MISALIGNED = "misaligned"
 
 
@@ -590,7 +562,7 @@ def figure_misaligned_vs_round(groups: Sequence[Group], keys: Sequence[str]) -> 
         for axis, members in zip(axes, panels.values(), strict=False):
             for group in sorted(members, key=lambda g: order.index(_label(g, [*init_keys, *het_keys]))):
                 label = _label(group, [*init_keys, *het_keys])
-                rounds, means, stds = _mean_curve(group.runs, MISALIGNED)
+                rounds, means, stds = mean_curve(group.runs, MISALIGNED)
                 colour, index = colours[_label(group, init_keys)], style_of[label]
                 every = marker_every(len(rounds), 10)
                 axis.plot(rounds, means, color=colour, linestyle=LINE_STYLES[index % len(LINE_STYLES)],
@@ -781,21 +753,6 @@ def _het_keys(keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k.startswith("heterogeneity.")]
 
 
-def _key_name(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
-def format_key_value(key: str, value: Any) -> str:
-    """How one setting reads in a legend or title: 'τ = 10', '50 rounds', 'pretrained'."""
-    if key == SCHEME_KEY:
-        return SCHEME_NAMES.get(value, format_setting(value))
-    if key in PRETTY_KEYS:
-        text = PRETTY_KEYS[key].format(format_setting(value))
-        return text.replace("(s)", "" if value == 1 else "s")
-    short = _key_name(key)
-    return format_setting(value) if short == "name" else f"{short}={format_setting(value)}"
-
-
 def _label(group: Group, keys: Sequence[str]) -> str:
     """'pretrained, 50 pre-training steps' for keys (init.name, init.steps); names show as their
     value, unset (None) settings are left out."""
@@ -881,18 +838,6 @@ def _yerr(stds: Sequence[float]) -> list[float] | None:
 
 def _markers(lines: Mapping[str, Any]) -> dict[str, str]:
     return dict(zip(lines, cycle(MARKERS), strict=False))
-
-
-def _mean_curve(runs: Sequence[Run], column: str) -> tuple[list[float], list[float], list[float]]:
-    """(rounds, mean over runs, sample std over runs (NaN where fewer than two)) of a rounds.csv column."""
-    values: dict[float, list[float]] = {}
-    for run in runs:
-        for row in run.rounds:
-            if not math.isnan(row.get(column, math.nan)):
-                values.setdefault(row["round"], []).append(row[column])
-    rounds = sorted(values)
-    stats = [mean_std(values[r]) for r in rounds]
-    return rounds, [m for m, _ in stats], [s for _, s in stats]
 
 
 def _panels(count: int, sharey: bool, width: float = 4.2) -> tuple[plt.Figure, list[Any]]:
@@ -991,36 +936,6 @@ def _suptitle(figure: plt.Figure, what: str, groups: Sequence[Group], shown: Seq
     figure.suptitle(f"{first}\n{second}")
 
 
-# --------------------------------------------------------------------------------------------
-# Helpers for settings values
-
-
-def _freeze_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _freeze_value(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return tuple(_freeze_value(v) for v in value)
-    return value
-
-
-def _freeze(settings: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((k, _freeze_value(v)) for k, v in settings.items()))
-
-
-def _same(a: Any, b: Any) -> bool:
-    return _freeze_value(a) == _freeze_value(b)
-
-
-def _sort_value(value: Any) -> tuple:
-    if value is None:
-        return (2, "")
-    if isinstance(value, bool):
-        return (1, str(value))
-    if isinstance(value, int | float):
-        return (0, float(value))
-    return (1, str(value))
-
-
 _SECTION_ORDER = ("init", "model", "heterogeneity", "fl", "data", "log")
 _FIRST_KEYS = (INIT_KEY, SCHEME_KEY, H_KEY, TAU_KEY)
 
@@ -1059,6 +974,9 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
     rows = summarize(groups, keys)
     skewed = asks_for_skew(groups)
     rendered = render_figures(groups, keys)
+    decompositions = penalty.decompositions(groups)
+    rendered[penalty.FIGURE_FILE] = penalty.render_figure(decompositions)
+    tables = {penalty.CSV_FILE: penalty.render_csv(decompositions) if decompositions else None}
     figures = [out / FIGURES_DIR / name for name, png in rendered.items() if png is not None]
     duplicates = [_relative(p, folder) for g in groups for p in g.duplicates]
     notes = []
@@ -1070,14 +988,21 @@ def write_report(folder: Path, out: Path | None = None) -> dict[str, Any]:
         notes.append(f"Server wall time of the finished runs: {math.fsum(wall):.1f} s in total, "
                      f"{math.fsum(wall) / len(wall):.1f} s per run.")
     markdown = render_markdown(rows, keys, unfinished, source=str(folder), n_runs=sum(len(g.runs) for g in groups),
-                               figures=[f"{FIGURES_DIR}/{p.name}" for p in figures], notes=notes, skewed=skewed)
+                               figures=[f"{FIGURES_DIR}/{p.name}" for p in figures], notes=notes, skewed=skewed,
+                               sections=[text for text in [penalty.render_markdown(decompositions)] if text])
     csv_text = render_csv(rows, keys, skewed)
     write_figures(rendered, out / FIGURES_DIR)
     write_text_atomic(out / "summary.csv", csv_text)
     write_text_atomic(out / "summary.md", markdown)
+    for name, text in tables.items():  # a section's table, or its stale copy removed
+        if text is None:
+            (out / name).unlink(missing_ok=True)
+        else:
+            write_text_atomic(out / name, text)
     return {"runs": sum(len(g.runs) for g in groups), "configurations": len(groups), "unfinished": unfinished,
             "duplicates": duplicates, "keys": keys, "rows": rows,
-            "files": [out / "summary.csv", out / "summary.md", *figures]}
+            "files": [out / "summary.csv", out / "summary.md", *(out / n for n, t in tables.items() if t is not None),
+                      *figures]}
 
 
 def out_folder_problem(out: Path) -> str | None:

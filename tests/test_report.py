@@ -62,10 +62,12 @@ def nested_settings(init: str = "random", h: float | None = 0.0, seed: int = 0, 
 
 def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, misaligned_init: int,
               realised_h: float, test_loss: float | None = None, finished: bool = True,
-              misaligned: Sequence[float] | None = None, pop_test_error: float | None = None) -> Path:
+              misaligned: Sequence[float] | None = None, pop_test_error: float | None = None,
+              columns: Mapping[str, Sequence[float]] | None = None) -> Path:
     """Write config.yaml, rounds.csv and (if finished) summary.json; misaligned falls linearly to 0
     (or follows `misaligned`, one value per round 0..num_rounds); pop_test_error (blank unless
-    given) falls linearly from 0.5 to `pop_test_error`."""
+    given) falls linearly from 0.5 to `pop_test_error`; further rounds.csv `columns` (one value per
+    round) as given."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(dict(settings)))
     num_rounds = settings["fl"]["num_rounds"]
@@ -82,6 +84,7 @@ def write_run(folder: Path, settings: Mapping[str, Any], *, test_error: float, m
             row.update(pop_test_error=0.5 + (pop_test_error - 0.5) * r / num_rounds)
         if r:
             row.update(train_loss=0.1, clients=10)
+        row.update({column: values[r] for column, values in (columns or {}).items()})
         rows.append(row)
     (folder / "rounds.csv").write_text(rounds_csv_text(rows, ROUND_COLUMNS))
     if finished:
