@@ -64,11 +64,12 @@ def main(config: DictConfig) -> None:
     resolved_yaml = OmegaConf.to_yaml(config, resolve=True)
     options = launcher_options(HydraConfig.get().launcher)
     problem = launcher_option_problem(**options)
-    if problem:
-        raise SettingError(problem)
-    if options["connection"] is not None:
-        raise SettingError(f"hydra.launcher.connection={options['connection']} applies to --multirun only "
-                           f"(one run on a connection: python -m initmatters.run ... --connection NAME)")
+    if problem is None and options["connection"] is not None:
+        problem = (f"hydra.launcher.connection={options['connection']} applies to --multirun only "
+                   f"(one run on a connection: python -m initmatters.run ... --connection NAME)")
+    if problem:  # one line and exit code 2, as for a bad experiment setting (not Hydra's traceback)
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     if RunFiles(output_dir).holds_finished_run(resolved_yaml):
         print(f"[initmatters] {output_dir} already holds a finished run of this config: not run again", flush=True)
         return

@@ -150,3 +150,16 @@ def test_sweep_command_exits_2_with_one_line(tmp_path: Path) -> None:
         "error: hydra.launcher.client_num_cpus=0 is invalid: allowed a positive integer"
     ]
     assert "[sweep]" not in completed.stdout  # no job was prepared
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("hydra.launcher.ray_address=auto", "hydra.launcher.ray_address=auto applies to hydra.launcher.backend=ray only"),
+    ("hydra.launcher.connection=deploy", "hydra.launcher.connection=deploy applies to --multirun only (one run on a "
+                                         "connection: python -m initmatters.run ... --connection NAME)"),
+])
+def test_single_run_exits_2_with_one_line(tmp_path: Path, option: str, message: str) -> None:
+    command = [sys.executable, "-m", "initmatters.sweep", "debug=default", option, f"hydra.run.dir={tmp_path / 'run'}"]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert completed.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "run" / "rounds.csv").exists()
