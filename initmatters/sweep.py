@@ -6,7 +6,10 @@
 With --multirun the `shared_simulation` launcher (hydra_plugins/initmatters_launcher) runs all
 jobs over one Flower simulation; each job writes the results contract into its Hydra job folder.
 Without --multirun this runs one experiment into Hydra's run folder, on the backend that
-hydra.launcher.backend names (inline by default, or ray). A bad setting (also one value of a
+hydra.launcher.backend names (inline by default, or ray). Any other Hydra launcher (e.g.
+`hydra/launcher=submitit_slurm`, docs/cluster.md) runs `main` once per job, on the inline backend.
+A job whose folder already holds a finished run of the same resolved config is not run again,
+whichever launcher runs it. A bad setting (also one value of a
 sweep) gets one line and exit code 2 before anything starts, as with initmatters-run.
 `+experiment=` is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml
 so that `debug=default` can shrink any preset). Flower's log is calmed to this project's lines and
@@ -30,7 +33,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.initmatters_launcher.shared_simulation_launcher import launcher_option_problem
+from hydra_plugins.initmatters_launcher.shared_simulation_launcher import (
+    launcher_option_problem,
+    launcher_options,
+    ray_backend_config,
+)
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, Interrupted, ray_startup_timed_out, stop_signals_raise
@@ -42,7 +49,11 @@ from initmatters_core.trackers import check_trackers_installed
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sweep")
 def main(config: DictConfig) -> None:
-    """One job into Hydra's output folder, on the backend of hydra.launcher (inline by default)."""
+    """One job into Hydra's output folder, on the backend of hydra.launcher (inline by default).
+
+    Skipped, with one line, when that folder already holds a finished run of the same resolved
+    config (a re-submitted sweep resumes under any launcher).
+    """
     verbose = flower_verbose(HydraConfig.get().verbose)
     calm_flower_logs(verbose)  # first: importing Flower already logs
     # Flower's console handler prints its records; Hydra's root handler would print them once more.
@@ -51,29 +62,31 @@ def main(config: DictConfig) -> None:
     check_trackers_installed(settings.log)  # before any start-up
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved_yaml = OmegaConf.to_yaml(config, resolve=True)
-    launcher = HydraConfig.get().launcher
-    problem = launcher_option_problem(launcher.get("connection"), launcher.get("client_num_cpus", 1),
-                                      launcher.get("client_num_gpus", 0.0), launcher.get("backend"),
-                                      launcher.get("workers"))
-    if problem:
-        raise SettingError(problem)
-    if launcher.get("connection") is not None:
-        raise SettingError(f"hydra.launcher.connection={launcher.get('connection')} applies to --multirun only "
-                           f"(one run on a connection: python -m initmatters.run ... --connection NAME)")
-    if (launcher.get("backend") or "inline") == "inline":
+    options = launcher_options(HydraConfig.get().launcher)
+    problem = launcher_option_problem(**options)
+    if problem is None and options["connection"] is not None:
+        problem = (f"hydra.launcher.connection={options['connection']} applies to --multirun only "
+                   f"(one run on a connection: python -m initmatters.run ... --connection NAME)")
+    if problem:  # one line and exit code 2, as for a bad experiment setting (not Hydra's traceback)
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    if RunFiles(output_dir).holds_finished_run(resolved_yaml):
+        print(f"[initmatters] {output_dir} already holds a finished run of this config: not run again", flush=True)
+        return
+    if (options["backend"] or "inline") == "inline":
         from initmatters.inline import run_inline
 
-        run_inline(settings, resolved_yaml, output_dir, launcher.get("workers"))
+        run_inline(settings, resolved_yaml, output_dir, options["workers"])
     else:
-        _run_on_ray(settings, resolved_yaml, output_dir, launcher.get("client_num_cpus", 1),
-                    launcher.get("client_num_gpus", 0.0))
+        _run_on_ray(settings, resolved_yaml, output_dir,
+                    ray_backend_config(options["client_num_cpus"], options["client_num_gpus"], options["ray_address"]))
     if not RunFiles(output_dir).finished():
         raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
 
 
-def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Path, num_cpus: int,
-                num_gpus: float) -> None:
-    """One in-process Flower simulation (Ray)."""
+def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Path,
+                backend_config: dict[str, Any]) -> None:
+    """One in-process Flower simulation (Ray: a private one, or a running cluster it joins)."""
     from flwr.simulation import run_simulation
 
     from client_app.app import app as client_app
@@ -83,7 +96,7 @@ def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Pa
     for attempt in (1, 2):  # once more when Ray's node start-up timed out (nothing has run then)
         try:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
-                           backend_config={"client_resources": {"num_cpus": num_cpus, "num_gpus": float(num_gpus)}})
+                           backend_config=backend_config)
             break
         except Exception as error:
             if attempt == 2 or not ray_startup_timed_out(error) or RunFiles(output_dir).rounds.exists():

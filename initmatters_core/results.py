@@ -116,9 +116,17 @@ class RunFiles:
         """summary.json is written last: its presence marks a complete run."""
         return self.summary.is_file()
 
+    def holds_finished_run(self, resolved_config_yaml: str) -> bool:
+        """A finished run of exactly this resolved config: a sweep job that need not run again."""
+        return self.finished() and self.config.is_file() and self.config.read_text() == resolved_config_yaml
+
     def interrupted(self) -> bool:
         """A checkpoint and no summary.json: a run to resume."""
         return self.checkpoint.exists() and not self.finished()
+
+    def holds_interrupted_run(self, resolved_config_yaml: str) -> bool:
+        """An interrupted run of exactly this resolved config: a sweep job to continue from its checkpoint."""
+        return self.interrupted() and self.config.is_file() and self.config.read_text() == resolved_config_yaml
 
 
 def output_dir_problem(path: Path) -> str | None:

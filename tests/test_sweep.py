@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from initmatters.compose import load_settings
 from initmatters.launch import PROJECT_ROOT, stop_process
 from initmatters.sweep import normalized_argv, sweep_variants
+from initmatters_core.results import RunFiles
 
 CONTRACT = ("config.yaml", "rounds.csv", "summary.json", "model_init.pt", "model_final.pt", "signal.pt")
 
@@ -68,13 +70,39 @@ def test_bad_setting_gets_one_line_and_exit_2_before_anything_starts(tmp_path: P
     assert not list((tmp_path / "sweep").glob("*/config.yaml"))
 
 
+def test_the_task_function_does_not_run_a_finished_run_of_the_same_config_again(tmp_path: Path) -> None:
+    """The resume rule of every launcher (submitit's call the task function once per job)."""
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    files.config.write_text(load_settings("debug=default")[1])
+    files.summary.write_text("{}")
+    code, out, err = sweep_command("debug=default", f"hydra.run.dir={files.root}")
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert f"[initmatters] {files.root} already holds a finished run of this config: not run again" in out.splitlines()
+    assert not files.rounds.exists() and files.summary.read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_the_task_function_runs_again_over_a_finished_run_of_another_config(tmp_path: Path) -> None:
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    files.config.write_text(load_settings("debug=default seed=1")[1])
+    files.summary.write_text("{}")
+    code, out, err = sweep_command("debug=default", f"hydra.run.dir={files.root}")
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "not run again" not in out
+    assert files.config.read_text() == load_settings("debug=default")[1]
+    assert json.loads(files.summary.read_text())["settings"]["seed"] == 0
+    assert [row.split(",")[0] for row in files.rounds.read_text().splitlines()[1:]] == ["0", "1", "2"]
+
+
 @pytest.mark.slow
 def test_two_job_sweep_runs_resumes_and_reports(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     first = sweep(sweep_dir, "debug=default", "init=random,pretrained")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "[sweep] 2/2 jobs (0 failed, 0 resumed)" in first.stdout
-    assert first.stdout.count("[sweep] one Flower simulation with 2 SuperNodes for 2 jobs") == 1
+    assert first.stdout.count("client worker process(es) for 2 jobs (backend=inline)") == 1  # started once
     jobs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
     assert len(jobs) == 2
     inits = set()

@@ -9,7 +9,8 @@ experiments can share one set of simulated SuperNodes, and every job runs throug
 inline (default): the client worker processes of initmatters.inline are started once and serve
 every job (no Ray, no polling); ray: one Flower simulation (Ray) per distinct `fl.num_clients`,
 its ServerApp running every job on the same grid (Flower's run_simulation starts Ray on every
-call, ~8 s here). Results are bit-identical across the two.
+call, ~8 s here; with hydra.launcher.ray_address it joins a running Ray cluster instead).
+Results are bit-identical across the two.
 
 It also makes sweeps livable: every job's settings are checked before anything starts (a bad
 one: a one-line error, exit 2), a progress line per job (done/total, time left), a job failing
@@ -24,7 +25,12 @@ backend (inline|ray; null = inline, or the connection when one is given), worker
 worker processes, null = one per CPU, 0 = clients in the sweep process), connection (a Flower
 connection name, or null for the shared simulation), client_num_cpus (ray: Ray CPUs per simulated
 client, a positive integer), client_num_gpus (ray: Ray's GPU share per simulated client, a number
->= 0, e.g. 0.25 puts four clients on a GPU; 0 = CPU only), quiet_flower.
+>= 0, e.g. 0.25 puts four clients on a GPU; 0 = CPU only), ray_address (ray: null = a private Ray
+started for the simulation; auto or HOST:PORT = join that running Ray cluster, see docs/cluster.md),
+quiet_flower.
+
+Other Hydra launchers (e.g. hydra-submitit-launcher's submitit_slurm) run initmatters.sweep's task
+function `main` once per job instead, which applies the same resume rule.
 """
 
 import logging
@@ -65,6 +71,7 @@ class SharedSimulationLauncherConf:
     client_num_cpus: int = 1  # ray: Ray CPUs per simulated client (1 = one actor per core)
     client_num_gpus: float = 0.0  # ray: per-client GPU resources for simulation (Ray GPU share; 0 = none)
     quiet_flower: bool = True  # hide Flower's INFO logs and expected warnings (the launcher prints per job)
+    ray_address: Optional[str] = None  # noqa: UP045  ray: null = a private Ray; auto|HOST:PORT = a running cluster
 
 
 ConfigStore.instance().store(
@@ -72,8 +79,30 @@ ConfigStore.instance().store(
 )
 
 
+OPTIONS = ("connection", "client_num_cpus", "client_num_gpus", "backend", "workers", "ray_address")
+
+
+def launcher_options(launcher: DictConfig) -> dict[str, Any]:
+    """The options that say where a job's clients run, as launcher_option_problem takes them: from
+    hydra.launcher when it is this launcher, else (another launcher, e.g. submitit's, which runs the
+    task function once per job and declares none of them) their defaults: inline, one worker per CPU."""
+    defaults = SharedSimulationLauncherConf()
+    ours = launcher.get("_target_") == defaults._target_
+    return {name: launcher.get(name, getattr(defaults, name)) if ours else getattr(defaults, name) for name in OPTIONS}
+
+
+def ray_address_valid(ray_address: Any) -> bool:
+    """null, auto, or HOST:PORT (what `ray start --head` prints as the cluster's address)."""
+    if ray_address is None or ray_address == "auto":
+        return True
+    if not isinstance(ray_address, str) or "://" in ray_address or any(char.isspace() for char in ray_address):
+        return False
+    host, _, port = ray_address.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
 def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gpus: Any, backend: Any = None,
-                            workers: Any = None) -> str | None:
+                            workers: Any = None, ray_address: Any = None) -> str | None:
     """The one-line problem with the launcher options (None if they are fine): each value in its
     range, and each option applying to the engine that runs the jobs."""
     if backend is not None and backend not in BACKENDS:
@@ -90,6 +119,9 @@ def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gp
     if not (connection is None or (isinstance(connection, str) and connection.strip())):
         return (f"hydra.launcher.connection={connection!r} is invalid: allowed null (the shared simulation) "
                 f"or the name of a Flower connection")
+    if not ray_address_valid(ray_address):
+        return (f"hydra.launcher.ray_address={ray_address!r} is invalid: allowed null (a private Ray), auto "
+                f"(the cluster RAY_ADDRESS or the last `ray start` here names) or HOST:PORT of a Ray cluster's head")
     if connection is not None and backend is not None:
         return (f"hydra.launcher.backend={backend} does not apply with hydra.launcher.connection={connection} "
                 f"(the connection's SuperLink runs the clients): set one of them")
@@ -98,10 +130,28 @@ def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gp
         return f"hydra.launcher.workers={workers} applies to hydra.launcher.backend=inline only"
     if engine == "inline" and client_num_cpus != 1:
         return f"hydra.launcher.client_num_cpus={client_num_cpus} applies to hydra.launcher.backend=ray only"
+    if ray_address is not None and engine != "ray":
+        return f"hydra.launcher.ray_address={ray_address} applies to hydra.launcher.backend=ray only"
     if engine == "inline" and client_num_gpus != 0:
         return (f"hydra.launcher.client_num_gpus={client_num_gpus:g} applies to hydra.launcher.backend=ray only "
                 f"(inline workers use a GPU directly when fl.device asks for one)")
     return None
+
+
+def ray_backend_config(client_num_cpus: int, client_num_gpus: float, ray_address: str | None) -> dict[str, Any]:
+    """run_simulation's backend_config: Ray resources per simulated client, and which Ray to use.
+
+    Flower's Ray backend calls ray.init(**init_args) and, at the end, ray.shutdown(): that stops a
+    Ray it started, and only disconnects from a cluster it joined (the cluster keeps running).
+    """
+    if ray_address is None:  # a private Ray, even when RAY_ADDRESS is set or a `ray start` cluster runs here
+        # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store.
+        init_args: dict[str, Any] = {"address": "local",
+                                     "_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}}
+    else:  # a running cluster's system settings are its own (Ray refuses them from a joining driver)
+        init_args = {"address": ray_address}
+    return {"client_resources": {"num_cpus": client_num_cpus, "num_gpus": float(client_num_gpus)},
+            "init_args": init_args}
 
 
 def torch_threads_for_server() -> None:
@@ -155,7 +205,8 @@ class _Progress:
 
 class SharedSimulationLauncher(Launcher):
     def __init__(self, backend: str | None = None, workers: int | None = None, connection: str | None = None,
-                 client_num_cpus: int = 1, client_num_gpus: float = 0.0, quiet_flower: bool = True) -> None:
+                 client_num_cpus: int = 1, client_num_gpus: float = 0.0, quiet_flower: bool = True,
+                 ray_address: str | None = None) -> None:
         super().__init__()
         self.backend = backend
         self.workers = workers
@@ -163,6 +214,7 @@ class SharedSimulationLauncher(Launcher):
         self.client_num_cpus = client_num_cpus
         self.client_num_gpus = client_num_gpus
         self.quiet_flower = quiet_flower
+        self.ray_address = ray_address
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -174,7 +226,7 @@ class SharedSimulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus, self.backend,
-                                          self.workers)
+                                          self.workers, self.ray_address)
         if problem:  # before any start-up, like a bad experiment setting
             print(f"error: {problem}", file=sys.stderr, flush=True)
             raise SystemExit(2)
@@ -253,10 +305,8 @@ class SharedSimulationLauncher(Launcher):
             check_trackers_installed(job.settings.log)
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
         files = RunFiles(job.output_dir)
-        config_file = files.config
-        same_config = config_file.is_file() and config_file.read_text() == job.resolved_yaml
-        job.finished_before = files.finished() and same_config
-        job.resumable = files.interrupted() and same_config  # an interrupted job continues from its checkpoint
+        job.finished_before = files.holds_finished_run(job.resolved_yaml)
+        job.resumable = files.holds_interrupted_run(job.resolved_yaml)  # continues from its checkpoint
         return job
 
     def _resumed(self, job: _Job, progress: _Progress) -> JobReturn:
@@ -297,7 +347,8 @@ class SharedSimulationLauncher(Launcher):
 
         from initmatters.launch import ray_startup_timed_out
 
-        print(f"[sweep] one Flower simulation with {num_clients} SuperNodes for {len(group)} jobs", flush=True)
+        where = f" on the Ray cluster at {self.ray_address}" if self.ray_address else ""
+        print(f"[sweep] one Flower simulation with {num_clients} SuperNodes for {len(group)} jobs{where}", flush=True)
         for attempt in (1, 2):  # once more when Ray's node start-up timed out before any job ran
             try:
                 run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
@@ -330,12 +381,8 @@ class SharedSimulationLauncher(Launcher):
                     for job in jobs}
 
     def backend_config(self) -> dict[str, Any]:
-        """run_simulation's backend_config: Ray resources per simulated client, transport settings."""
-        return {
-            "client_resources": {"num_cpus": self.client_num_cpus, "num_gpus": float(self.client_num_gpus)},
-            # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store.
-            "init_args": {"_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}},
-        }
+        """run_simulation's backend_config for this launcher's options."""
+        return ray_backend_config(self.client_num_cpus, self.client_num_gpus, self.ray_address)
 
     def _run_job_on_grid(self, job: _Job, grid: Any, progress: _Progress) -> JobReturn:
         from server_app.experiment import run_federated
