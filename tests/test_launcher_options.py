@@ -102,7 +102,8 @@ def test_client_resources_carry_cpus_and_gpu_share() -> None:
 def test_a_private_ray_keeps_its_transport_settings_and_a_joined_cluster_gets_only_its_address() -> None:
     private = SharedSimulationLauncher(backend="ray").backend_config()["init_args"]
     # "local": a private Ray even when RAY_ADDRESS is set or a `ray start` cluster runs on this machine
-    assert private == {"address": "local", "_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}}
+    assert private == {"address": "local", "include_dashboard": False,
+                       "_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}}
     joined = SharedSimulationLauncher(backend="ray", ray_address="10.0.0.1:6379").backend_config()
     assert joined["init_args"] == {"address": "10.0.0.1:6379"}  # Ray refuses _system_config from a joining driver
     assert joined["client_resources"] == {"num_cpus": 1, "num_gpus": 0.0}

@@ -145,8 +145,9 @@ def ray_backend_config(client_num_cpus: int, client_num_gpus: float, ray_address
     Ray it started, and only disconnects from a cluster it joined (the cluster keeps running).
     """
     if ray_address is None:  # a private Ray, even when RAY_ADDRESS is set or a `ray start` cluster runs here
-        # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store.
-        init_args: dict[str, Any] = {"address": "local",
+        # Messages (w and w(0), 160 KB each by default) travel inline, not via Ray's object store;
+        # no dashboard (its processes cost memory and start-up, and nothing here reads it).
+        init_args: dict[str, Any] = {"address": "local", "include_dashboard": False,
                                      "_system_config": {"max_direct_call_object_size": RAY_INLINE_BYTES}}
     else:  # a running cluster's system settings are its own (Ray refuses them from a joining driver)
         init_args = {"address": ray_address}
