@@ -11,7 +11,8 @@ sweep) gets one line and exit code 2 before anything starts, as with initmatters
 `+experiment=` is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml
 so that `debug=default` can shrink any preset). Flower's log is calmed to this project's lines and
 Flower's warnings and errors; `hydra.verbose=flwr` shows all of it (with --multirun:
-`hydra.launcher.quiet_flower=false`).
+`hydra.launcher.quiet_flower=false`). On a terminal a live bar replaces the per-round lines (with
+--multirun: the per-job lines); INITMATTERS_PROGRESS=auto|bar|plain chooses (initmatters.progress).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from hydra_plugins.initmatters_launcher.shared_simulation_launcher import launch
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, ray_startup_timed_out
+from initmatters.progress import OnRound, progress_mode, run_progress, wants_bar
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
@@ -60,26 +62,27 @@ def main(config: DictConfig) -> None:
     if launcher.get("connection") is not None:
         raise SettingError(f"hydra.launcher.connection={launcher.get('connection')} applies to --multirun only "
                            f"(one run on a connection: python -m initmatters.run ... --connection NAME)")
-    if (launcher.get("backend") or "inline") == "inline":
-        from initmatters.inline import run_inline
+    with run_progress(settings.fl.num_rounds, wants_bar()) as on_round:
+        if (launcher.get("backend") or "inline") == "inline":
+            from initmatters.inline import run_inline
 
-        run_inline(settings, resolved_yaml, output_dir, launcher.get("workers"))
-    else:
-        _run_on_ray(settings, resolved_yaml, output_dir, launcher.get("client_num_cpus", 1),
-                    launcher.get("client_num_gpus", 0.0))
+            run_inline(settings, resolved_yaml, output_dir, launcher.get("workers"), on_round=on_round)
+        else:
+            _run_on_ray(settings, resolved_yaml, output_dir, launcher.get("client_num_cpus", 1),
+                        launcher.get("client_num_gpus", 0.0), on_round)
     if not RunFiles(output_dir).finished():
         raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
 
 
 def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Path, num_cpus: int,
-                num_gpus: float) -> None:
-    """One in-process Flower simulation (Ray)."""
+                num_gpus: float, on_round: OnRound | None) -> None:
+    """One in-process Flower simulation (Ray); on_round: the live bar's callback (None: the lines)."""
     from flwr.simulation import run_simulation
 
     from client_app.app import app as client_app
     from server_app.app import build_server_app
 
-    server_app = build_server_app(settings, resolved_yaml, output_dir)
+    server_app = build_server_app(settings, resolved_yaml, output_dir, on_round=on_round)
     for attempt in (1, 2):  # once more when Ray's node start-up timed out (nothing has run then)
         try:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
@@ -167,7 +170,13 @@ def command_line_problem(args: Sequence[str]) -> str | None:
 
 
 def check_command_line(args: Sequence[str]) -> int:
-    """0 when the command line's settings are fine; else print their one-line `error: ...` and return 2."""
+    """0 when the command line's settings (and INITMATTERS_PROGRESS) are fine; else print their
+    one-line `error: ...` and return 2."""
+    try:
+        progress_mode()
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     problem = command_line_problem(normalized_argv(list(args)))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
