@@ -9,6 +9,10 @@ left; a sweep's bar shows jobs done/total, failed, resumed, time left and the cu
 round. While a bar is shown, every other line (the settings, warnings, errors, Flower's log) is
 printed above it; the per-round lines (a sweep: the per-job lines of finished jobs) are left out, as
 the bar shows them. NO_COLOR is honoured by rich (a bar without colours).
+
+Where the ServerApp runs in another process (initmatters-run --backend ray or --connection, a
+sweep on a connection), the bar is fed from the progress lines that `flwr run --stream` passes on
+(`streamed_rounds_to`); initmatters-deploy keeps the plain lines.
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Column
+from rich.text import Text
 
 from initmatters.flower_log import FLOWER_LOGGER, PROJECT_PREFIX
 from initmatters_core.results import RoundProgress
@@ -87,21 +101,37 @@ def _live(progress: Progress) -> Iterator[None]:
         progress.stop()
 
 
+class _Status(ProgressColumn):
+    """A task's `status` field, cut at the terminal's edge (not wrapped, not squeezing the bar)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(task.fields.get("status", ""), no_wrap=True, overflow="ellipsis")
+
+
+def _bar_columns(*, elapsed: bool) -> list[ProgressColumn]:
+    """description, bar, done/total, [a ticking elapsed time,] status: every column but the status
+    keeps its width on a narrow terminal."""
+    columns: list[ProgressColumn] = [TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+                                     BarColumn(bar_width=24, table_column=Column(no_wrap=True)),
+                                     MofNCompleteColumn(table_column=Column(no_wrap=True))]
+    if elapsed:
+        columns.append(TimeElapsedColumn(table_column=Column(no_wrap=True)))
+    return [*columns, _Status()]
+
+
 class RunBar:
     """One run's bar: rounds done/total, test error, the progress metric, elapsed and time left
     (the numbers of the plain progress line, a resumed run's earlier time included)."""
 
     def __init__(self, num_rounds: int, console: Console | None = None) -> None:
-        self.progress = Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}", markup=False),
-                                 console=console or bar_console())
-        self.task = self.progress.add_task("run", total=num_rounds, status="starting")
+        self.progress = Progress(*_bar_columns(elapsed=False), console=console or bar_console())
+        self.task = self.progress.add_task("round", total=num_rounds, status="starting")
 
     def round_done(self, progress: RoundProgress) -> None:
         left = f"~{progress.seconds_left:.1f}s left" if progress.round else "starting"
         self.progress.update(self.task, completed=progress.round,
                              status=f"test_error {progress.test_error:.4f} | {progress.metric} "
-                                    f"{progress.metric_text()} | {progress.elapsed_s:.1f}s elapsed, {left}")
+                                    f"{progress.metric_text()} | {progress.elapsed_s:.1f}s, {left}")
 
     @contextmanager
     def shown(self) -> Iterator[OnRound]:
@@ -121,30 +151,27 @@ def run_progress(num_rounds: int, bar: bool) -> Iterator[OnRound | None]:
 
 
 class SweepBar:
-    """A sweep's bar: jobs done/total, failed, resumed, elapsed, time left, the current job and its round."""
+    """A sweep's bars: jobs done/total with failed, resumed, elapsed and time left; below it the
+    current job's rounds (shown while a job runs)."""
 
     def __init__(self, total: int, console: Console | None = None) -> None:
-        self.progress = Progress(TextColumn("jobs"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[counts]}", markup=False), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[left]}", markup=False),
-                                 TextColumn("{task.fields[current]}", markup=False),
-                                 console=console or bar_console())
-        self.task = self.progress.add_task("sweep", total=total, counts="(0 failed, 0 resumed)", left="",
-                                           current="")
-        self.job = ""
+        self.progress = Progress(*_bar_columns(elapsed=True), console=console or bar_console())
+        self.jobs = self.progress.add_task("jobs ", total=total, status="(0 failed, 0 resumed)")
+        self.rounds = self.progress.add_task("round", total=None, visible=False, status="")
 
-    def job_started(self, label: str) -> None:
-        """The job now running (e.g. `#3 init=random seed=1`)."""
-        self.job = label
-        self.progress.update(self.task, current=f"| {label}")
+    def job_started(self, label: str, num_rounds: int) -> None:
+        """The job now running (e.g. `#3 init=random seed=1`), with its number of rounds."""
+        self.progress.reset(self.rounds, total=num_rounds, completed=0, visible=True, status=label)
 
     def round_done(self, progress: RoundProgress) -> None:
         """The current job's round (its on_round callback)."""
-        self.progress.update(self.task, current=f"| {self.job} round {progress.round}/{progress.num_rounds}")
+        self.progress.update(self.rounds, completed=progress.round)
 
-    def job_finished(self, done: int, failed: int, resumed: int, seconds_left: float) -> None:
-        self.progress.update(self.task, completed=done, counts=f"({failed} failed, {resumed} resumed)",
-                             left=f"~{seconds_left:.0f}s left", current="")
+    def job_finished(self, done: int, failed: int, resumed: int, seconds_left: float | None) -> None:
+        """A job is done (or failed, or found finished); seconds_left: None while unknown."""
+        left = "" if seconds_left is None else f" ~{seconds_left:.0f}s left"
+        self.progress.update(self.jobs, completed=done, status=f"({failed} failed, {resumed} resumed){left}")
+        self.progress.update(self.rounds, visible=False)
 
     @contextmanager
     def shown(self) -> Iterator[SweepBar]:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from flower_fakes import task_identity  # noqa: F401 (autouse: instruction messages need run/node ids)
@@ -93,6 +94,14 @@ def test_a_closed_or_bare_stream_is_not_a_terminal() -> None:
     closed.close()
     assert not wants_bar({}, (closed, Stream(True)))
     assert not wants_bar({}, (object(), Stream(True)))  # type: ignore[arg-type]
+
+
+def test_no_color_gives_a_bar_without_colours(monkeypatch) -> None:
+    from initmatters.progress import bar_console
+
+    assert not bar_console().no_color
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert bar_console().no_color
 
 
 def test_run_refuses_a_bad_mode_before_anything_starts(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -215,7 +224,7 @@ def test_the_bar_jumps_to_the_round_reached(tmp_path: Path) -> None:
         log.add_eval(7, {"test_error": 0.125, "misaligned": 3})
     assert bar.progress.tasks[0].completed == 7
     screen = screen_text(bar.progress.console)
-    assert "7/10 test_error 0.1250 | misaligned 3 | 30.0s elapsed, ~12.9s left" in screen  # 30 s / 7 * 3
+    assert "7/10 test_error 0.1250 | misaligned 3 | 30.0s, ~12.9s left" in screen  # 30 s / 7 * 3
 
 
 def test_lines_printed_and_logged_while_the_bar_shows_go_above_it(capfd) -> None:
@@ -244,34 +253,47 @@ def test_lines_printed_and_logged_while_the_bar_shows_go_above_it(capfd) -> None
     assert "a Flower warning afterwards" in capfd.readouterr().err
 
 
+def sweep_jobs(count: int, num_rounds: int) -> list:
+    """The launcher's jobs `#i seed=i` with `num_rounds` rounds (no config needed to count them)."""
+    from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Job
+
+    settings = SimpleNamespace(fl=SimpleNamespace(num_rounds=num_rounds))
+    return [_Job(index, [f"seed={index}"], None, Path(f"/tmp/job{index}"), settings)  # type: ignore[arg-type]
+            for index in range(count)]
+
+
 def test_the_sweep_bar_counts_jobs_and_prints_failures_above_it(capsys) -> None:
-    from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Job, _Progress
+    from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Progress
 
     console = fake_terminal()
     progress = _Progress(total=3)
-    jobs = [_Job(index, [f"seed={index}"], None, Path(f"/tmp/job{index}")) for index in range(3)]  # type: ignore[arg-type]
+    jobs = sweep_jobs(3, 20)
     with SweepBar(3, console=console).shown() as progress.bar:
+        job_bar, round_bar = progress.bar.progress.tasks
         progress.record(jobs[0], "resumed", None, "(finished run in /tmp/job0)")
+        assert job_bar.fields["status"] == "(0 failed, 1 resumed)"  # no time left known before a job ran
         progress.starting(jobs[1])
         progress.on_round(RoundProgress(4, 20, 0.25, "misaligned", 2, 1.0))
-        assert progress.bar.progress.tasks[0].fields["current"] == "| #1 seed=1 round 4/20"
+        assert (round_bar.visible, round_bar.completed, round_bar.total) == (True, 4, 20)
+        assert round_bar.fields["status"] == "#1 seed=1"
         progress.record(jobs[1], "done", 8.0, "(test_error 0.2500, 8.0s)")
+        assert job_bar.fields["status"] == "(0 failed, 1 resumed) ~8s left" and not round_bar.visible
         progress.starting(jobs[2])
+        assert (round_bar.visible, round_bar.completed, round_bar.total) == (True, 0, 20)
         progress.record(jobs[2], "FAILED", 2.0, "(boom)")
-    task = progress.bar.progress.tasks[0]
-    assert task.completed == task.total == 3
+    assert job_bar.completed == job_bar.total == 3 and not round_bar.visible
     screen = screen_text(console)
-    assert "3/3 (1 failed, 1 resumed)" in screen
+    assert " 3/3 " in screen and "(1 failed, 1 resumed) ~0s left" in screen
     assert "[sweep] 3/3 jobs (1 failed, 1 resumed) | #2 seed=2: FAILED (boom)" in screen  # printed above the bar
     assert "seed=1: done" not in screen and "resumed (finished run" not in screen  # the bar shows those
     assert capsys.readouterr().out == ""
 
 
 def test_without_a_bar_the_sweep_prints_a_line_per_job(capsys) -> None:
-    from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Job, _Progress
+    from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Progress
 
     progress = _Progress(total=2)
-    job = _Job(0, ["seed=0"], None, Path("/tmp/job0"))  # type: ignore[arg-type]
+    job = sweep_jobs(1, 20)[0]
     progress.starting(job)
     assert progress.on_round is None
     progress.record(job, "done", 4.0, "(test_error 0.2500, 4.0s)")

@@ -143,7 +143,7 @@ class _Progress:
 
     def starting(self, job: _Job) -> None:
         if self.bar is not None:
-            self.bar.job_started(f"#{job.index} {_label(job)}")
+            self.bar.job_started(f"#{job.index} {_label(job)}", job.settings.fl.num_rounds)
 
     @property
     def on_round(self) -> Optional[Callable[[Any], None]]:  # noqa: UP045
@@ -160,7 +160,7 @@ class _Progress:
         mean = sum(self.job_seconds) / len(self.job_seconds) if self.job_seconds else 0.0
         elapsed = time.monotonic() - self.started
         if self.bar is not None:
-            self.bar.job_finished(self.done, self.failed, self.resumed, mean * remaining)
+            self.bar.job_finished(self.done, self.failed, self.resumed, mean * remaining if self.job_seconds else None)
             if status != "FAILED":
                 return
         print(
