@@ -92,7 +92,8 @@ def _live(progress: Progress) -> Iterator[None]:
         for logger in (logging.getLogger(), logging.getLogger(FLOWER_LOGGER)):
             for handler in logger.handlers:
                 name = originals.get(id(getattr(handler, "stream", None)))
-                if isinstance(handler, logging.StreamHandler) and name is not None:
+                if isinstance(handler, logging.StreamHandler) and name is not None \
+                        and getattr(sys, name) is not handler.stream:  # rich redirected it
                     moved.append((handler, handler.setStream(getattr(sys, name))))
         yield
     finally:
@@ -175,6 +176,7 @@ class SweepBar:
 
     @contextmanager
     def shown(self) -> Iterator[SweepBar]:
+        """The bars on the terminal while the block runs."""
         with _live(self.progress):
             yield self
 

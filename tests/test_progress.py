@@ -253,6 +253,21 @@ def test_lines_printed_and_logged_while_the_bar_shows_go_above_it(capfd) -> None
     assert "a Flower warning afterwards" in capfd.readouterr().err
 
 
+def test_log_streams_are_restored_whether_or_not_rich_redirected_them() -> None:
+    import logging
+
+    from flwr.common.logger import console_handler
+
+    before = console_handler.stream
+    with RunBar(2, console=fake_terminal()).shown():  # a terminal: rich redirects, the handler follows
+        assert console_handler.stream is not before
+    assert console_handler.stream is before
+    with RunBar(2, console=Console(file=io.StringIO())).shown():  # no terminal: nothing redirected
+        assert console_handler.stream is before
+    assert console_handler.stream is before
+    assert all(getattr(handler, "stream", True) is not None for handler in logging.getLogger().handlers)
+
+
 def sweep_jobs(count: int, num_rounds: int) -> list:
     """The launcher's jobs `#i seed=i` with `num_rounds` rounds (no config needed to count them)."""
     from hydra_plugins.initmatters_launcher.shared_simulation_launcher import _Job

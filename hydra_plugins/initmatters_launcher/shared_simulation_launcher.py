@@ -146,7 +146,7 @@ class _Progress:
             self.bar.job_started(f"#{job.index} {_label(job)}", job.settings.fl.num_rounds)
 
     @property
-    def on_round(self) -> Optional[Callable[[Any], None]]:  # noqa: UP045
+    def on_round(self) -> Callable[[Any], None] | None:
         """The current job's on_round callback: the bar's, or None (its round lines go to the debug log)."""
         return None if self.bar is None else self.bar.round_done
 
