@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from logging import ERROR
 from multiprocessing.connection import Connection, wait
@@ -37,7 +37,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from initmatters.launch import die_with_parent, terminate_pids
 from initmatters.protocol import NUM_PARTITIONS_KEY, PARTITION_ID_KEY
-from initmatters_core.results import RunFiles
+from initmatters_core.results import RoundProgress, RunFiles
 from initmatters_core.settings import ExperimentSettings
 from initmatters_core.tasks import task_module_name
 
@@ -354,14 +354,16 @@ def run_server_app(server_app: ServerApp, grid: Grid) -> None:
 
 
 def run_inline(settings: ExperimentSettings, resolved_config_yaml: str, output_dir: Path,
-               workers: int | None = None, env: Mapping[str, str] | None = None) -> None:
+               workers: int | None = None, env: Mapping[str, str] | None = None,
+               on_round: Callable[[RoundProgress], None] | None = None) -> None:
     """One experiment on the inline backend (an interrupted run in output_dir is resumed);
-    workers=None: one per CPU, at most one per client; env: the workers' environment."""
+    workers=None: one per CPU, at most one per client; env: the workers' environment; on_round:
+    receives each round's progress instead of the progress line (a live bar)."""
     from server_app.app import build_server_app
 
     num_clients = settings.fl.num_clients
     server_app = build_server_app(settings, resolved_config_yaml, output_dir,
-                                  resume=RunFiles(output_dir).interrupted())
+                                  resume=RunFiles(output_dir).interrupted(), on_round=on_round)
     count = default_workers(num_clients) if workers is None else workers
     with client_runner(count, env=env, preload=[task_module_name(settings)]) as runner:
         run_server_app(server_app, InlineGrid(runner, num_clients))

@@ -10,7 +10,8 @@ if the run wrote its summary.json (plain `flwr run --stream` exits 0 even when t
 `--backend inline` runs the ServerApp here and the ClientApp in long-lived worker processes
 (initmatters.inline); `--backend ray` starts a private simulation SuperLink and `flwr run` with one
 SuperNode per client. Both give bit-identical results. The terminal shows the run's progress and
-result lines and Flower's warnings and errors; --verbose shows Flower's full log.
+result lines and Flower's warnings and errors; --verbose shows Flower's full log. On a terminal the
+per-round lines become a live bar (INITMATTERS_PROGRESS=auto|bar|plain, initmatters.progress).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from initmatters.launch import (
     simulation_superlink,
     stop_signals_raise,
 )
+from initmatters.progress import PROGRESS_ENV, OnRound, run_progress, streamed_rounds_to, wants_bar
 from initmatters_core.results import RunFiles, default_output_dir, lock_holder, output_dir_problem
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
@@ -52,7 +54,8 @@ def settings_help() -> str:
     lines += ["", f"main settings (set with <key>=<value>; all of them: conf/ in {CONF_DIR}):",
               "  " + " ".join(MAIN_SETTINGS), "",
               "examples:", "  initmatters-run init=pretrained heterogeneity.h=1.0 fl.local_steps=50",
-              "  initmatters-run data=digits fl.num_rounds=2", "  initmatters-run --cfg job strategy=fedadam"]
+              "  initmatters-run data=digits fl.num_rounds=2", "  initmatters-run --cfg job strategy=fedadam", "",
+              f"progress: a live bar on a terminal, plain lines otherwise; {PROGRESS_ENV}=auto|bar|plain chooses"]
     return "\n".join(lines)
 
 
@@ -187,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    try:
+        bar = wants_bar()
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     loaded = load_settings_or_report(args.overrides, local_data=args.connection is None and args.cfg is None)
     if loaded is None:
         return 2
@@ -204,10 +212,11 @@ def _main(args: argparse.Namespace) -> int:
           f"init={settings.init.name}, heterogeneity={settings.heterogeneity.name}, "
           f"strategy={settings.strategy.name}, {where}; results -> {output_dir}", flush=True)
     try:
-        if args.backend == "inline":
-            _run_inline(args, settings, resolved_yaml, output_dir)
-        else:
-            _run_with_flwr(args, settings, overrides, output_dir)
+        with run_progress(settings.fl.num_rounds, bar) as on_round:
+            if args.backend == "inline":
+                _run_inline(args, settings, resolved_yaml, output_dir, on_round)
+            else:
+                _run_with_flwr(args, settings, overrides, output_dir, on_round)
     except Interrupted as stop:
         files = RunFiles(output_dir)
         resume = (f"; resume it with: {resume_command(overrides, output_dir)}" if files.interrupted()
@@ -222,20 +231,23 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _run_inline(args: argparse.Namespace, settings: ExperimentSettings, resolved_yaml: str,
-                output_dir: Path) -> None:
-    """The ServerApp in this process, the ClientApp in worker processes (initmatters.inline)."""
+                output_dir: Path, on_round: OnRound | None) -> None:
+    """The ServerApp in this process, the ClientApp in worker processes (initmatters.inline);
+    on_round: the live bar's callback (None: the per-round lines)."""
     from initmatters.inline import run_inline
 
     note = gpu_note(settings)
     if note:
         print(f"initmatters: {note}", flush=True)
     calm_flower_logs(args.verbose)
-    run_inline(settings, resolved_yaml, output_dir, args.workers, env=flower_env(args.flwr_home.resolve()))
+    run_inline(settings, resolved_yaml, output_dir, args.workers, env=flower_env(args.flwr_home.resolve()),
+               on_round=on_round)
 
 
 def _run_with_flwr(args: argparse.Namespace, settings: ExperimentSettings, overrides: list[str],
-                   output_dir: Path) -> None:
-    """`flwr run` on a private simulation SuperLink (ray backend) or on args.connection."""
+                   output_dir: Path, on_round: OnRound | None) -> None:
+    """`flwr run` on a private simulation SuperLink (ray backend) or on args.connection; on_round:
+    the live bar's callback, fed from the streamed progress lines (None: the lines pass through)."""
     flwr_home = args.flwr_home.resolve()
     run_config = {"overrides": shlex.join(overrides), "output-dir": str(output_dir), "verbose": args.verbose}
     if args.connection:
@@ -248,9 +260,11 @@ def _run_with_flwr(args: argparse.Namespace, settings: ExperimentSettings, overr
             print(f"initmatters: {note}", flush=True)
         federation_config = {"num-supernodes": settings.fl.num_clients, "client-resources-num-cpus": 1,
                              "client-resources-num-gpus": share}
+    drop_line = None if args.verbose else is_flower_noise
+    if on_round is not None:
+        drop_line = streamed_rounds_to(on_round, drop_line)
     with superlink as env:
-        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection,
-                 drop_line=None if args.verbose else is_flower_noise)
+        flwr_run(PROJECT_ROOT, env, run_config, federation_config, args.connection, drop_line=drop_line)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ sweep) gets one line and exit code 2 before anything starts, as with initmatters
 `+experiment=` is accepted as a synonym of `experiment=` (the group is declared in conf/config.yaml
 so that `debug=default` can shrink any preset). Flower's log is calmed to this project's lines and
 Flower's warnings and errors; `hydra.verbose=flwr` shows all of it (with --multirun:
-`hydra.launcher.quiet_flower=false`).
+`hydra.launcher.quiet_flower=false`). On a terminal a live bar replaces the per-round lines (with
+--multirun: the per-job lines); INITMATTERS_PROGRESS=auto|bar|plain chooses (initmatters.progress).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from hydra_plugins.initmatters_launcher.shared_simulation_launcher import (
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, Interrupted, ray_startup_timed_out, stop_signals_raise
+from initmatters.progress import OnRound, progress_mode, run_progress, wants_bar
 from initmatters_core.results import SUMMARY_FILE, RunFiles
 from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
@@ -73,26 +75,29 @@ def main(config: DictConfig) -> None:
     if RunFiles(output_dir).holds_finished_run(resolved_yaml):
         print(f"[initmatters] {output_dir} already holds a finished run of this config: not run again", flush=True)
         return
-    if (options["backend"] or "inline") == "inline":
-        from initmatters.inline import run_inline
+    with run_progress(settings.fl.num_rounds, wants_bar()) as on_round:
+        if (options["backend"] or "inline") == "inline":
+            from initmatters.inline import run_inline
 
-        run_inline(settings, resolved_yaml, output_dir, options["workers"])
-    else:
-        _run_on_ray(settings, resolved_yaml, output_dir,
-                    ray_backend_config(options["client_num_cpus"], options["client_num_gpus"], options["ray_address"]))
+            run_inline(settings, resolved_yaml, output_dir, options["workers"], on_round=on_round)
+        else:
+            _run_on_ray(settings, resolved_yaml, output_dir,
+                        ray_backend_config(options["client_num_cpus"], options["client_num_gpus"],
+                                           options["ray_address"]), on_round)
     if not RunFiles(output_dir).finished():
         raise RuntimeError(f"the run did not finish: no {SUMMARY_FILE} in {output_dir}")
 
 
 def _run_on_ray(settings: ExperimentSettings, resolved_yaml: str, output_dir: Path,
-                backend_config: dict[str, Any]) -> None:
-    """One in-process Flower simulation (Ray: a private one, or a running cluster it joins)."""
+                backend_config: dict[str, Any], on_round: OnRound | None) -> None:
+    """One in-process Flower simulation (Ray: a private one, or a running cluster it joins);
+    on_round: the live bar's callback (None: the lines)."""
     from flwr.simulation import run_simulation
 
     from client_app.app import app as client_app
     from server_app.app import build_server_app
 
-    server_app = build_server_app(settings, resolved_yaml, output_dir)
+    server_app = build_server_app(settings, resolved_yaml, output_dir, on_round=on_round)
     for attempt in (1, 2):  # once more when Ray's node start-up timed out (nothing has run then)
         try:
             run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.fl.num_clients,
@@ -180,7 +185,13 @@ def command_line_problem(args: Sequence[str]) -> str | None:
 
 
 def check_command_line(args: Sequence[str]) -> int:
-    """0 when the command line's settings are fine; else print their one-line `error: ...` and return 2."""
+    """0 when the command line's settings (and INITMATTERS_PROGRESS) are fine; else print their
+    one-line `error: ...` and return 2."""
+    try:
+        progress_mode()
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     problem = command_line_problem(normalized_argv(list(args)))
     if problem:
         print(f"error: {problem}", file=sys.stderr)

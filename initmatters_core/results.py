@@ -320,7 +320,9 @@ class RoundLog:
     """
 
     def __init__(self, path: Path, num_rounds: int, report: Callable[[str], None], columns: Sequence[str],
-                 clock: Callable[[], float] = time.monotonic, progress_metric: str = "misaligned") -> None:
+                 clock: Callable[[], float] = time.monotonic, progress_metric: str = "misaligned",
+                 on_round: Callable[[RoundProgress], None] | None = None) -> None:
+        """on_round: receives each round's progress instead of `report` receiving it as a line (a live bar)."""
         self.path = path
         self.columns = tuple(columns)
         self.num_rounds = num_rounds
@@ -330,6 +332,7 @@ class RoundLog:
         self._clock = clock
         self._start = clock()
         self._progress_metric = progress_metric
+        self._on_round = on_round
         self._written = False
 
     def add_train(self, server_round: int, metrics: Mapping[str, Any]) -> None:
@@ -347,18 +350,46 @@ class RoundLog:
         else:
             self.finish()
             self._written = True
-        self._report(self._progress(row, elapsed))
+        progress = self._progress(row, elapsed)
+        if self._on_round is None:
+            self._report(progress.line())
+        else:
+            self._on_round(progress)
         return row
 
     def finish(self) -> None:
         """Rewrite rounds.csv with every row, atomically and synced."""
         write_text_atomic(self.path, rounds_csv_text(self.rows, self.columns))
 
-    def _progress(self, row: Mapping[str, Any], elapsed: float) -> str:
-        done = int(row["round"])
-        left = elapsed / done * (self.num_rounds - done) if done else float("nan")
-        eta = f"~{left:.1f}s left" if done else "starting"
-        value = row.get(self._progress_metric, float("nan"))
-        alignment = f"{self._progress_metric} {value if isinstance(value, int) else format(value, '.4f')}"
-        return (f"round {done}/{self.num_rounds} | test_error {row.get('test_error', float('nan')):.4f} "
-                f"| {alignment} | {elapsed:.1f}s elapsed, {eta}")
+    def _progress(self, row: Mapping[str, Any], elapsed: float) -> RoundProgress:
+        return RoundProgress(int(row["round"]), self.num_rounds, row.get("test_error", float("nan")),
+                             self._progress_metric, row.get(self._progress_metric, float("nan")), elapsed)
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """Where a run stands once a round's row is closed: what its progress line or a live bar shows."""
+
+    round: int  # rounds done (0: the initial model is measured)
+    num_rounds: int
+    test_error: float
+    metric: str  # the task's progress metric (a rounds.csv column), e.g. misaligned
+    metric_value: float  # an int for counts (misaligned)
+    elapsed_s: float  # since the run started (a resumed run's earlier time included)
+
+    @property
+    def seconds_left(self) -> float:
+        """Estimated seconds to the last round at the mean time per round so far (NaN at round 0)."""
+        done = self.round
+        return self.elapsed_s / done * (self.num_rounds - done) if done else float("nan")
+
+    def metric_text(self) -> str:
+        """The progress metric's value as the progress line shows it (a count as is, else 4 decimals)."""
+        value = self.metric_value
+        return str(value) if isinstance(value, int) else format(value, ".4f")
+
+    def line(self) -> str:
+        """The plain progress line, e.g. `round 3/50 | test_error 0.2100 | misaligned 4 | 1.2s elapsed, ~18.8s left`."""
+        eta = f"~{self.seconds_left:.1f}s left" if self.round else "starting"
+        return (f"round {self.round}/{self.num_rounds} | test_error {self.test_error:.4f} "
+                f"| {self.metric} {self.metric_text()} | {self.elapsed_s:.1f}s elapsed, {eta}")

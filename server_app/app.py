@@ -9,6 +9,7 @@ is resumed (same overrides required).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -16,19 +17,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from initmatters.compose import load_settings
 from initmatters.flower_log import calm_flower_logs
-from initmatters_core.results import RunFiles, default_output_dir
+from initmatters_core.results import RoundProgress, RunFiles, default_output_dir
 from initmatters_core.settings import ExperimentSettings
 from server_app.experiment import run_federated
 
 
 def build_server_app(settings: ExperimentSettings, resolved_config_yaml: str, output_dir: Path, *,
-                     resume: bool = False) -> ServerApp:
-    """A ServerApp bound to already-validated settings (for in-process simulation)."""
+                     resume: bool = False, on_round: Callable[[RoundProgress], None] | None = None) -> ServerApp:
+    """A ServerApp bound to already-validated settings (for in-process simulation); on_round: see run_federated."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federated(grid, settings, resolved_config_yaml, output_dir, resume=resume)
+        run_federated(grid, settings, resolved_config_yaml, output_dir, resume=resume, on_round=on_round)
 
     return server_app
 

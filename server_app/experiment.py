@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from initmatters.protocol import arrays_to_state, settings_to_config, state_to_arrays
 from initmatters_core.results import (
     RoundLog,
+    RoundProgress,
     RunFiles,
     RunLock,
     cpu_state,
@@ -71,12 +72,14 @@ def run_federated(
     *,
     resume: bool = False,
     checkpoint: bool = True,
+    on_round: Callable[[RoundProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Run one experiment on the connected SuperNodes and write the results contract.
 
     checkpoint: write <output_dir>/checkpoint/checkpoint.pt every log.checkpoint_every rounds, and
         for the last completed round when the run stops early (a signal, an error).
     resume: continue from that checkpoint (same settings) instead of starting at round 0.
+    on_round: receives each round's progress (e.g. a live bar) instead of `report` receiving its line.
     The folder is locked while the run writes it (a second run on it fails at once); the trackers of
     log.tensorboard / log.wandb are closed (their files flushed) however the run ends.
     """
@@ -90,7 +93,7 @@ def run_federated(
     check_trackers_installed(settings.log)
     with RunLock(files), ExitStack() as closing:
         return _run_locked(grid, settings, resolved_config_yaml, files, report, closing, resume=resume,
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, on_round=on_round)
 
 
 # The measurements of a global model that are finite for every model that is still a model; other
@@ -109,8 +112,8 @@ def nonfinite_problem(state: Mapping[str, torch.Tensor], metrics: Mapping[str, f
 
 
 def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: str, files: RunFiles,
-                report: Callable[[str], None], closing: ExitStack, *, resume: bool, checkpoint: bool
-                ) -> dict[str, Any]:
+                report: Callable[[str], None], closing: ExitStack, *, resume: bool, checkpoint: bool,
+                on_round: Callable[[RoundProgress], None] | None) -> dict[str, Any]:
     started = time.monotonic()
     report(f"writing results to {files.root}")
 
@@ -135,7 +138,7 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
     node_of_partition = discover_partitions(grid, settings.fl.num_clients, settings.fl.wait_for_nodes_s)
     earlier = float(saved["rows"][-1].get("elapsed_s") or 0.0) if saved else 0.0
     log_rounds = RoundLog(files.rounds, settings.fl.num_rounds, report, setup.round_columns,
-                          clock=_ContinuedClock(earlier), progress_metric=setup.progress_metric)
+                          clock=_ContinuedClock(earlier), progress_metric=setup.progress_metric, on_round=on_round)
     if saved:
         log_rounds.rows.extend(dict(row) for row in saved["rows"])
     trackers = closing.enter_context(open_trackers(settings.log, files, flatten_settings(settings.to_dict()),

@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Plain progress lines, as in CI, even under `pytest -s` on a terminal (tests of the bar set it themselves).
+os.environ["INITMATTERS_PROGRESS"] = "plain"
 
 from collections.abc import Callable, Sequence  # noqa: E402
 

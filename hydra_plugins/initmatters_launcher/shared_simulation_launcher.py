@@ -13,7 +13,8 @@ call, ~8 s here; with hydra.launcher.ray_address it joins a running Ray cluster 
 Results are bit-identical across the two.
 
 It also makes sweeps livable: every job's settings are checked before anything starts (a bad
-one: a one-line error, exit 2), a progress line per job (done/total, time left), a job failing
+one: a one-line error, exit 2), a progress line per job (done/total, time left; on a terminal a live
+bar instead, see initmatters.progress: INITMATTERS_PROGRESS=auto|bar|plain), a job failing
 while it runs is reported with its overrides and the others go on, and a job whose folder
 already holds a finished run of the same resolved config is skipped (resume with the same
 hydra.sweep.dir).
@@ -39,7 +40,8 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -180,12 +182,25 @@ class _Job:
 
 @dataclass
 class _Progress:
+    """The sweep's progress: one line per finished job, or a live bar (initmatters.progress.SweepBar)
+    that shows them instead (a failed job's line is still printed, above the bar)."""
+
     total: int
     started: float = field(default_factory=time.monotonic)
     done: int = 0
     failed: int = 0
     resumed: int = 0
     job_seconds: list[float] = field(default_factory=list)
+    bar: Any = None  # a SweepBar while it is shown, else None (plain lines)
+
+    def starting(self, job: _Job) -> None:
+        if self.bar is not None:
+            self.bar.job_started(f"#{job.index} {_label(job)}", job.settings.fl.num_rounds)
+
+    @property
+    def on_round(self) -> Callable[[Any], None] | None:
+        """The current job's on_round callback: the bar's, or None (its round lines go to the debug log)."""
+        return None if self.bar is None else self.bar.round_done
 
     def record(self, job: _Job, status: str, seconds: float | None, detail: str) -> None:
         self.done += 1
@@ -196,12 +211,20 @@ class _Progress:
         remaining = self.total - self.done
         mean = sum(self.job_seconds) / len(self.job_seconds) if self.job_seconds else 0.0
         elapsed = time.monotonic() - self.started
+        if self.bar is not None:
+            self.bar.job_finished(self.done, self.failed, self.resumed, mean * remaining if self.job_seconds else None)
+            if status != "FAILED":
+                return
         print(
             f"[sweep] {self.done}/{self.total} jobs ({self.failed} failed, {self.resumed} resumed) | "
-            f"#{job.index} {' '.join(job.overrides) or '(defaults)'}: {status} {detail} | "
+            f"#{job.index} {_label(job)}: {status} {detail} | "
             f"{elapsed:.0f}s elapsed, ~{mean * remaining:.0f}s left",
             flush=True,
         )
+
+
+def _label(job: _Job) -> str:
+    return " ".join(job.overrides) or "(defaults)"
 
 
 class SharedSimulationLauncher(Launcher):
@@ -228,6 +251,13 @@ class SharedSimulationLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus, self.backend,
                                           self.workers, self.ray_address)
+        from initmatters.progress import SweepBar, wants_bar
+        from initmatters_core.settings import SettingError
+
+        try:
+            bar = wants_bar()
+        except SettingError as error:  # INITMATTERS_PROGRESS
+            problem = problem or str(error)
         if problem:  # before any start-up, like a bad experiment setting
             print(f"error: {problem}", file=sys.stderr, flush=True)
             raise SystemExit(2)
@@ -238,8 +268,6 @@ class SharedSimulationLauncher(Launcher):
 
         calm_flower_logs(verbose=not self.quiet_flower)  # also Flower's start-up lines, before any job
         torch_threads_for_server()
-        from initmatters_core.settings import SettingError
-
         try:  # every job's settings, before anything starts: a bad one stops the sweep like a bad option
             jobs = [self._prepare(initial_job_idx + i, list(overrides)) for i, overrides in enumerate(job_overrides)]
         except SettingError as error:
@@ -248,6 +276,19 @@ class SharedSimulationLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         print(f"[sweep] {len(jobs)} jobs -> {sweep_dir}", flush=True)
         progress = _Progress(total=len(jobs))
+        with (SweepBar(len(jobs)).shown() if bar else nullcontext()) as progress.bar:
+            returns = self._run_all(jobs, progress)
+        failed = [job for job in jobs if returns[job.index].status == JobStatus.FAILED]
+        print(f"[sweep] finished {len(jobs) - len(failed)}/{len(jobs)} jobs in "
+              f"{time.monotonic() - progress.started:.0f}s; results in {sweep_dir}", flush=True)
+        for job in failed:
+            print(f"[sweep] FAILED {returns[job.index]._return_value}", flush=True)
+        if failed:  # a clean non-zero exit instead of Hydra re-raising the first failure with a traceback
+            raise SystemExit(1)
+        return [returns[job.index] for job in jobs]
+
+    def _run_all(self, jobs: list[_Job], progress: _Progress) -> dict[int, JobReturn]:
+        """Every job's JobReturn by index: finished ones resumed, the others run on the chosen engine."""
         returns: dict[int, JobReturn] = {}
         for job in jobs:
             if job.finished_before:
@@ -263,14 +304,7 @@ class SharedSimulationLauncher(Launcher):
                     returns[job.index] = self._run_with_flwr(job, progress)
             else:
                 returns.update(self._run_in_shared_simulation(group, num_clients, progress))
-        failed = [job for job in jobs if returns[job.index].status == JobStatus.FAILED]
-        print(f"[sweep] finished {len(jobs) - len(failed)}/{len(jobs)} jobs in "
-              f"{time.monotonic() - progress.started:.0f}s; results in {sweep_dir}", flush=True)
-        for job in failed:
-            print(f"[sweep] FAILED {returns[job.index]._return_value}", flush=True)
-        if failed:  # a clean non-zero exit instead of Hydra re-raising the first failure with a traceback
-            raise SystemExit(1)
-        return [returns[job.index] for job in jobs]
+        return returns
 
     # -- preparing jobs --------------------------------------------------------------------------
 
@@ -389,6 +423,7 @@ class SharedSimulationLauncher(Launcher):
         from server_app.experiment import run_federated
 
         started = time.monotonic()
+        progress.starting(job)
 
         def task(_: DictConfig) -> dict[str, Any]:
             if self.quiet_flower:  # run_job has just reconfigured logging for this job
@@ -396,7 +431,7 @@ class SharedSimulationLauncher(Launcher):
                 flower_logger.setLevel(logging.WARNING)
                 flower_logger.propagate = False
             return run_federated(grid, job.settings, job.resolved_yaml, job.output_dir, report=log.debug,
-                                 resume=job.resumable)
+                                 resume=job.resumable, on_round=progress.on_round)
 
         assert self.hydra_context is not None
         result = run_job(hydra_context=self.hydra_context, task_function=task, config=job.config,
@@ -414,12 +449,16 @@ class SharedSimulationLauncher(Launcher):
     def _run_with_flwr(self, job: _Job, progress: _Progress) -> JobReturn:
         """One job through `flwr run <project> <connection>`; success = its summary.json exists."""
         from initmatters.launch import DEFAULT_FLWR_HOME, PROJECT_ROOT, flower_env, flwr_run
+        from initmatters.progress import streamed_rounds_to
         from initmatters_core.results import SUMMARY_FILE
 
         started = time.monotonic()
+        progress.starting(job)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         run_config = {"overrides": shlex.join(job.overrides), "output-dir": str(job.output_dir)}
-        flwr_run(PROJECT_ROOT, flower_env(DEFAULT_FLWR_HOME), run_config, connection=self.connection)
+        on_round = progress.on_round
+        flwr_run(PROJECT_ROOT, flower_env(DEFAULT_FLWR_HOME), run_config, connection=self.connection,
+                 drop_line=None if on_round is None else streamed_rounds_to(on_round, None))
         seconds = time.monotonic() - started
         if (job.output_dir / SUMMARY_FILE).is_file():
             progress.record(job, "done", seconds, f"({seconds:.1f}s via {self.connection})")
