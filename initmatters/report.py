@@ -42,7 +42,6 @@ import math
 import os
 import sys
 import tempfile
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import cycle
@@ -56,6 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import yaml  # noqa: E402
 
 from initmatters import penalty  # noqa: E402
+from initmatters.failure import report_failure  # noqa: E402
 from initmatters.sweep_common import (  # noqa: E402  (re-exported: report.mean_std etc. stay importable)
     H_KEY,
     HETEROGENEITY_PREFIX,
@@ -1047,11 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a one-line error for the user; --debug shows the traceback
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {' '.join(str(error).split()) or type(error).__name__} (--debug shows the traceback)",
-              file=sys.stderr)
-        return 1
+        return report_failure(error, args.debug)
     out = args.folder if args.out is None else args.out
     print(f"report: {result['runs']} finished runs in {result['configurations']} configurations, "
           f"{len(result['unfinished'])} unfinished, {len(result['duplicates'])} duplicate(s) ignored; "

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import traceback
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 from initmatters.compose import CONF_DIR, absolute_path_overrides, group_options, load_settings
+from initmatters.failure import report_failure
 from initmatters.flower_log import calm_flower_logs, is_flower_noise
 from initmatters.launch import (
     DEFAULT_FLWR_HOME,
@@ -182,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"initmatters: stopped by {stop}; every process it started is stopped", file=sys.stderr)
         return stop.exit_code
     except Exception as error:  # a one-line error for the user; --debug shows the traceback
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {' '.join(str(error).split()) or type(error).__name__} (--debug shows the traceback)",
-              file=sys.stderr)
-        return 1
+        return report_failure(error, args.debug)
 
 
 def _main(args: argparse.Namespace) -> int:
