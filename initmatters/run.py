@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from initmatters.backends import BACKENDS
 from initmatters.compose import CONF_DIR, absolute_path_overrides, group_options, load_settings
 from initmatters.failure import report_failure
 from initmatters.flower_log import calm_flower_logs, is_flower_noise
@@ -41,7 +42,6 @@ from initmatters_core.settings import ExperimentSettings, SettingError
 from initmatters_core.tasks import load_task
 from initmatters_core.trackers import check_trackers_installed
 
-BACKENDS = ("inline", "ray")
 GROUPS = ("data", "model", "init", "heterogeneity", "fl", "strategy", "experiment", "debug")
 MAIN_SETTINGS = ("seed", "fl.num_rounds", "fl.num_clients", "fl.local_steps", "fl.lr", "heterogeneity.h",
                  "init.steps", "model.init_std", "data.dim")

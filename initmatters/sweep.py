@@ -34,7 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.initmatters_launcher.shared_simulation_launcher import (
+from initmatters.backends import (
     launcher_option_problem,
     launcher_options,
     ray_backend_config,

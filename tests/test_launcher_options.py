@@ -10,12 +10,8 @@ import pytest
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from hydra_plugins.initmatters_launcher.shared_simulation_launcher import (
-    RAY_INLINE_BYTES,
-    SharedSimulationLauncher,
-    launcher_option_problem,
-    launcher_options,
-)
+from hydra_plugins.initmatters_launcher.shared_simulation_launcher import SharedSimulationLauncher
+from initmatters.backends import RAY_INLINE_BYTES, launcher_option_problem, launcher_options
 from initmatters.launch import PROJECT_ROOT
 
 BAD = [
