@@ -69,7 +69,8 @@ def test_source_seed_null_follows_the_experiment_seed_and_an_integer_keeps_one_s
     assert torch.equal(source_data(fixed, SIGNAL, 7).features, source_data(replace(pretrained, source_seed=None),
                                                                            SIGNAL, 1000).features)
     assert _weight(settings, 3, name="pretrained", source_seed=None)[1] == {"source_seed": 3}
-    assert _weight(settings, 3, name="pretrained")[1] == {"source_seed": settings.init.source_seed}
+    assert settings.init.source_seed is None  # the default: the source follows the experiment seed
+    assert _weight(settings, 3, name="pretrained")[1] == {"source_seed": 3}
     assert _weight(settings, 3, name="pretrained", source_seed=1000)[1] == {"source_seed": 1000}
 
 
@@ -150,7 +151,7 @@ def test_one_source_client_for_one_round_is_centralized_pretraining(settings) ->
     federated, facts = _weight(settings, source_clients=1, source_h=0.0, source_rounds=1, steps=7)
     centralized, _ = _weight(settings, name="pretrained", steps=7)
     assert torch.equal(federated, centralized)
-    assert facts == {"source_seed": settings.init.source_seed, "source_realised_h": 0.0}
+    assert facts == {"source_seed": 0, "source_realised_h": 0.0}  # seed 0, the source follows it
 
 
 def test_federated_pretraining_is_fedavg_of_local_gd(settings) -> None:
