@@ -122,6 +122,9 @@ def _run_locked(grid: Grid, settings: ExperimentSettings, resolved_config_yaml: 
     if bad_init:
         raise RuntimeError(f"the initial model w(0) has {bad_init} (init={settings.init.name}): nothing to train")
     saved = load_checkpoint(files, resolved_config_yaml, setup.init_state) if resume else None
+    if not saved:  # a fresh run: an earlier run's results in this folder are no longer a finished run
+        files.summary.unlink(missing_ok=True)
+        shutil.rmtree(files.checkpoint_dir, ignore_errors=True)
     write_text_atomic(files.config, resolved_config_yaml)
     save_state(files.model_init, setup.init_state)
     for name, tensor in setup.artifacts.items():

@@ -91,3 +91,23 @@ def test_bad_checkpoint_interval_is_refused(value: object) -> None:
 def test_csv_text_of_one_row_has_header_then_line() -> None:
     text = rounds_csv_text([{"round": 1, "test_error": 0.25}], ("round", "test_error"))
     assert text == "round,test_error\n1,0.25\n"
+
+
+def test_a_fresh_run_over_a_finished_one_is_not_finished_until_it_is(tmp_path: Path) -> None:
+    """A sweep job re-run with other settings in its folder: the old summary.json (the finished
+    marker) goes at the start, so an interruption never leaves old results looking finished."""
+    files = RunFiles(tmp_path / "job")
+    old, old_yaml = load_settings(OVERRIDES)
+    run_inline(old, old_yaml, files.root, workers=0)
+    assert files.finished()
+    new, new_yaml = load_settings(OVERRIDES + " seed=1")
+    finished_during: list[bool] = []
+
+    def report(message: str) -> None:
+        if message.startswith("round 1/"):
+            finished_during.append(files.finished())
+
+    with client_runner(0) as runner:
+        run_federated(InlineGrid(runner, new.fl.num_clients), new, new_yaml, files.root, report=report)
+    assert finished_during == [False]
+    assert files.holds_finished_run(new_yaml) and not files.holds_finished_run(old_yaml)
