@@ -55,6 +55,8 @@ from strategies import build_strategy
 
 ATOL = 1e-6
 OVERRIDES = ["debug=default"]  # 2 clients, 2 rounds, d = 100, m = 4
+# A SIGKILL loses the rounds since the last checkpoint (log.checkpoint_every): one per round here.
+EVERY_ROUND = [*OVERRIDES, "log.checkpoint_every=1"]
 CONTRACT_FILES = ("config.yaml", "rounds.csv", "summary.json", "model_init.pt", "model_final.pt", "signal.pt")
 
 
@@ -378,7 +380,7 @@ def scenario_killed_node(tmp: Path) -> dict:
 def scenario_resume(tmp: Path) -> dict:
     """SIGKILL the SuperLink (its ServerApp dies with it) after round 1, then --resume."""
     first, second, out = tmp / "work-1", tmp / "work-2", tmp / "out"
-    launcher = subprocess.Popen(deploy_cli(first, "--nodes", "2", "--output-dir", str(out), "--", *OVERRIDES),
+    launcher = subprocess.Popen(deploy_cli(first, "--nodes", "2", "--output-dir", str(out), "--", *EVERY_ROUND),
                                 cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: checkpoint_round(out) >= 1 or launcher.poll() is not None, 400, "round 1")
@@ -392,7 +394,7 @@ def scenario_resume(tmp: Path) -> dict:
     after_crash = {"summary": (out / "summary.json").exists(), "checkpoint_round": checkpoint_round(out),
                    "rounds": [int(row["round"]) for row in read_rounds_csv(out / "rounds.csv")],
                    "leftovers": wait_for_no_process(first)}
-    resumed = run_cli(second, "--nodes", "2", "--resume", str(out), "--", *OVERRIDES, timeout=500)
+    resumed = run_cli(second, "--nodes", "2", "--resume", str(out), "--", *EVERY_ROUND, timeout=500)
     return {"interrupted": interrupted, "code": launcher.returncode, "stdout": stdout, "stderr": stderr,
             "after_crash": after_crash, "resumed": resumed, "workdir": second, "out": out}
 
