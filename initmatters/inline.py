@@ -132,6 +132,10 @@ def zygote_main(reference: str, preload: Sequence[str], fds: Sequence[tuple[int,
     host = _ClientHost(reference)
     for module in preload:
         importlib.import_module(module)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child cannot use a CUDA context
+        raise RuntimeError("importing the client app initialized CUDA before the workers were forked: "
+                           "move that CUDA call into the ClientApp's functions")
     zygote = os.getpid()
     children = []
     for index, (receive_fd, send_fd) in enumerate(fds):
