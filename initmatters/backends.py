@@ -56,6 +56,11 @@ def ray_address_valid(ray_address: Any) -> bool:
     return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
+def engine(connection: Any, backend: Any) -> str:
+    """What runs the clients: "connection" (a Flower connection), else the backend (null = inline)."""
+    return "connection" if connection is not None else backend or "inline"
+
+
 def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gpus: Any, backend: Any = None,
                             workers: Any = None, ray_address: Any = None) -> str | None:
     """The one-line problem with the launcher options (None if they are fine): each value in its
@@ -80,14 +85,14 @@ def launcher_option_problem(connection: Any, client_num_cpus: Any, client_num_gp
     if connection is not None and backend is not None:
         return (f"hydra.launcher.backend={backend} does not apply with hydra.launcher.connection={connection} "
                 f"(the connection's SuperLink runs the clients): set one of them")
-    engine = "connection" if connection is not None else backend or "inline"
-    if workers is not None and engine != "inline":
+    runs_on = engine(connection, backend)
+    if workers is not None and runs_on != "inline":
         return f"hydra.launcher.workers={workers} applies to hydra.launcher.backend=inline only"
-    if engine == "inline" and client_num_cpus != 1:
+    if runs_on == "inline" and client_num_cpus != 1:
         return f"hydra.launcher.client_num_cpus={client_num_cpus} applies to hydra.launcher.backend=ray only"
-    if ray_address is not None and engine != "ray":
+    if ray_address is not None and runs_on != "ray":
         return f"hydra.launcher.ray_address={ray_address} applies to hydra.launcher.backend=ray only"
-    if engine == "inline" and client_num_gpus != 0:
+    if runs_on == "inline" and client_num_gpus != 0:
         return (f"hydra.launcher.client_num_gpus={client_num_gpus:g} applies to hydra.launcher.backend=ray only "
                 f"(inline workers use a GPU directly when fl.device asks for one)")
     return None

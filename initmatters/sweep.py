@@ -34,11 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from initmatters.backends import (
-    launcher_option_problem,
-    launcher_options,
-    ray_backend_config,
-)
+from initmatters.backends import engine, launcher_option_problem, launcher_options, ray_backend_config
 from initmatters.compose import CONF_DIR, load_settings, override_key, override_syntax_problem, settings_from_config
 from initmatters.flower_log import FLOWER_LOGGER, calm_flower_logs
 from initmatters.launch import FLOWER_ENV, Interrupted, ray_startup_timed_out, stop_signals_raise
@@ -76,7 +72,7 @@ def main(config: DictConfig) -> None:
         print(f"[initmatters] {output_dir} already holds a finished run of this config: not run again", flush=True)
         return
     with run_progress(settings.fl.num_rounds, wants_bar()) as on_round:
-        if (options["backend"] or "inline") == "inline":
+        if engine(options["connection"], options["backend"]) == "inline":
             from initmatters.inline import run_inline
 
             run_inline(settings, resolved_yaml, output_dir, options["workers"], on_round=on_round)

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from initmatters.backends import (
     LAUNCHER_TARGET,
     REPLY_POLL_S,
     LauncherOptions,
+    engine,
     launcher_option_problem,
     ray_backend_config,
 )
@@ -144,17 +145,11 @@ def _label(job: _Job) -> str:
 
 
 class SharedSimulationLauncher(Launcher):
-    def __init__(self, backend: str | None = None, workers: int | None = None, connection: str | None = None,
-                 client_num_cpus: int = 1, client_num_gpus: float = 0.0, quiet_flower: bool = True,
-                 ray_address: str | None = None) -> None:
+    def __init__(self, quiet_flower: bool = True, **options: Any) -> None:
+        """options: LauncherOptions' fields (where the clients run); an unknown one is a TypeError."""
         super().__init__()
-        self.backend = backend
-        self.workers = workers
-        self.connection = connection
-        self.client_num_cpus = client_num_cpus
-        self.client_num_gpus = client_num_gpus
+        self.options = LauncherOptions(**options)
         self.quiet_flower = quiet_flower
-        self.ray_address = ray_address
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -165,8 +160,7 @@ class SharedSimulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        problem = launcher_option_problem(self.connection, self.client_num_cpus, self.client_num_gpus, self.backend,
-                                          self.workers, self.ray_address)
+        problem = launcher_option_problem(**asdict(self.options))
         from initmatters.progress import SweepBar, wants_bar
         from initmatters_core.settings import SettingError
 
@@ -210,12 +204,12 @@ class SharedSimulationLauncher(Launcher):
             if job.finished_before:
                 returns[job.index] = self._resumed(job, progress)
         pending = [job for job in jobs if job.index not in returns]
-        if pending and self.connection is None and (self.backend or "inline") == "inline":
+        if pending and engine(self.options.connection, self.options.backend) == "inline":
             returns.update(self._run_inline(pending, progress))
             pending = []
         for num_clients in sorted({job.settings.fl.num_clients for job in pending}):
             group = [job for job in pending if job.settings.fl.num_clients == num_clients]
-            if self.connection:
+            if self.options.connection:
                 for job in group:
                     returns[job.index] = self._run_with_flwr(job, progress)
             else:
@@ -252,7 +246,7 @@ class SharedSimulationLauncher(Launcher):
         job = _Job(index, filter_overrides(overrides), config, output_dir.resolve())
         task_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
         job.settings = settings_from_config(task_config)
-        if not self.connection:  # the trackers' packages are needed where the server runs
+        if not self.options.connection:  # the trackers' packages are needed where the server runs
             check_trackers_installed(job.settings.log)
         job.resolved_yaml = OmegaConf.to_yaml(task_config, resolve=True)
         files = RunFiles(job.output_dir)
@@ -298,7 +292,7 @@ class SharedSimulationLauncher(Launcher):
 
         from initmatters.launch import ray_startup_timed_out
 
-        where = f" on the Ray cluster at {self.ray_address}" if self.ray_address else ""
+        where = f" on the Ray cluster at {self.options.ray_address}" if self.options.ray_address else ""
         print(f"[sweep] one Flower simulation with {num_clients} SuperNodes for {len(group)} jobs{where}", flush=True)
         for attempt in (1, 2):  # once more when Ray's node start-up timed out before any job ran
             try:
@@ -323,7 +317,7 @@ class SharedSimulationLauncher(Launcher):
         from initmatters_core.tasks import task_module_name
 
         largest = max(job.settings.fl.num_clients for job in jobs)
-        workers = default_workers(largest) if self.workers is None else self.workers
+        workers = default_workers(largest) if self.options.workers is None else self.options.workers
         print(f"[sweep] {workers} client worker process(es) for {len(jobs)} jobs (backend=inline)", flush=True)
         take_server_identity()
         tasks = sorted({task_module_name(job.settings) for job in jobs})
@@ -333,7 +327,8 @@ class SharedSimulationLauncher(Launcher):
 
     def backend_config(self) -> dict[str, Any]:
         """run_simulation's backend_config for this launcher's options."""
-        return ray_backend_config(self.client_num_cpus, self.client_num_gpus, self.ray_address)
+        return ray_backend_config(self.options.client_num_cpus, self.options.client_num_gpus,
+                                  self.options.ray_address)
 
     def _run_job_on_grid(self, job: _Job, grid: Any, progress: _Progress) -> JobReturn:
         from server_app.experiment import run_federated
@@ -373,12 +368,12 @@ class SharedSimulationLauncher(Launcher):
         job.output_dir.mkdir(parents=True, exist_ok=True)
         run_config = {"overrides": shlex.join(job.overrides), "output-dir": str(job.output_dir)}
         on_round = progress.on_round
-        flwr_run(PROJECT_ROOT, flower_env(DEFAULT_FLWR_HOME), run_config, connection=self.connection,
+        flwr_run(PROJECT_ROOT, flower_env(DEFAULT_FLWR_HOME), run_config, connection=self.options.connection,
                  drop_line=None if on_round is None else streamed_rounds_to(on_round, None))
         seconds = time.monotonic() - started
         if (job.output_dir / SUMMARY_FILE).is_file():
-            progress.record(job, "done", seconds, f"({seconds:.1f}s via {self.connection})")
+            progress.record(job, "done", seconds, f"({seconds:.1f}s via {self.options.connection})")
             return self._job_return(job, JobStatus.COMPLETED, str(job.output_dir))
-        reason = f"the run on connection {self.connection!r} did not finish (no {SUMMARY_FILE})"
+        reason = f"the run on connection {self.options.connection!r} did not finish (no {SUMMARY_FILE})"
         progress.record(job, "FAILED", seconds, f"({reason})")
         return self._job_return(job, JobStatus.FAILED, SweepJobFailed(self._failure(job, reason)))
