@@ -118,7 +118,7 @@ class RunFiles:
 
     def holds_finished_run(self, resolved_config_yaml: str) -> bool:
         """A finished run of exactly this resolved config: a sweep job that need not run again."""
-        return self.finished() and self.config.is_file() and self.config.read_text() == resolved_config_yaml
+        return self.finished() and self._made_with(resolved_config_yaml)
 
     def interrupted(self) -> bool:
         """A checkpoint and no summary.json: a run to resume."""
@@ -126,7 +126,10 @@ class RunFiles:
 
     def holds_interrupted_run(self, resolved_config_yaml: str) -> bool:
         """An interrupted run of exactly this resolved config: a sweep job to continue from its checkpoint."""
-        return self.interrupted() and self.config.is_file() and self.config.read_text() == resolved_config_yaml
+        return self.interrupted() and self._made_with(resolved_config_yaml)
+
+    def _made_with(self, resolved_config_yaml: str) -> bool:
+        return self.config.is_file() and self.config.read_text() == resolved_config_yaml
 
 
 def output_dir_problem(path: Path) -> str | None:
